@@ -1,0 +1,303 @@
+"""The ChatTemplateWrapper base class and sandboxed Jinja rendering of chat templates.
+
+A wrapper turns a :class:`~vlkit.messages.Conversation` into token ids with the family's image
+markers, and says which positions each image's embeddings fill. Templates are Jinja files with
+the variables HF chat templates use (``messages``, ``add_generation_prompt``, ``bos_token``,
+``eos_token``...), so a template from a model repository drops in. Messages reach the template
+in HF's form: ``{"role": ..., "content": [{"type": "text", "text": ...}, {"type": "image"}]}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlkit.messages import IMAGE_TOKEN, Conversation
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vlkit.config import ChatTemplateConfig
+    from vlkit.registry import ModelFamily
+
+__all__ = ["IMAGE_TOKEN", "ChatTemplateWrapper", "PromptInputs", "render_template", "core_template"]
+
+
+class TemplateError(ValueError):
+    """A chat template failed to render or no template could be found."""
+
+
+@lru_cache(maxsize=1)
+def _environment() -> Any:
+    from jinja2.exceptions import TemplateError as JinjaTemplateError
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message: str) -> None:
+        raise JinjaTemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: Any = None, separators: Any = None, sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    def strftime_now(fmt: str) -> str:
+        return datetime.now().strftime(fmt)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = strftime_now
+    return env
+
+
+@lru_cache(maxsize=64)
+def _compile(source: str) -> Any:
+    return _environment().from_string(source)
+
+
+def render_template(source: str, messages: list[dict[str, Any]], **variables: Any) -> str:
+    """Render a chat template in a sandboxed Jinja environment (as transformers does).
+
+    :param source: the template text.
+    :param messages: HF-form messages.
+    :param variables: ``add_generation_prompt``, ``bos_token``, ``eos_token``, ...
+    """
+    try:
+        return _compile(source).render(messages=messages, **variables)
+    except Exception as exc:
+        raise TemplateError(f"chat template failed to render: {type(exc).__name__}: {exc}") from exc
+
+
+def core_template(name: str) -> str:
+    """A template shipped with the core (``vlkit/templates/NAME.jinja``)."""
+    try:
+        return resources.files("vlkit").joinpath("templates", f"{name}.jinja").read_text()
+    except FileNotFoundError as exc:
+        raise TemplateError(f"no core chat template named {name!r}; have: {core_template_names()}") from exc
+
+
+def core_template_names() -> list[str]:
+    root = resources.files("vlkit").joinpath("templates")
+    return sorted(p.name[: -len(".jinja")] for p in root.iterdir() if p.name.endswith(".jinja"))
+
+
+def checkpoint_template(model_path: Path) -> str | None:
+    """The chat template a checkpoint carries (``chat_template.jinja``, ``chat_template.json``,
+    or ``tokenizer_config.json``), or ``None``."""
+    p = Path(model_path)
+    if (p / "chat_template.jinja").is_file():
+        return (p / "chat_template.jinja").read_text()
+    for name in ("chat_template.json", "tokenizer_config.json", "processor_config.json"):
+        f = p / name
+        if f.is_file():
+            try:
+                tpl = json.loads(f.read_text()).get("chat_template")
+            except (ValueError, AttributeError):
+                continue
+            if isinstance(tpl, str):
+                return tpl
+            if isinstance(tpl, list):  # [{"name": "default", "template": ...}]
+                for entry in tpl:
+                    if entry.get("name") == "default":
+                        return entry["template"]
+    return None
+
+
+@dataclass
+class PromptInputs:
+    """A rendered, tokenized prompt.
+
+    Args:
+        prompt: the prompt text, image markers expanded.
+        input_ids: token ids.
+        image_ranges: ``(start, end)`` positions each image's embeddings fill, in image order.
+    """
+
+    prompt: str
+    input_ids: list[int]
+    image_ranges: list[tuple[int, int]]
+
+
+class ChatTemplateWrapper:
+    """Base class of a family's prompt builder.
+
+    The default flow, which most families keep and only configure:
+
+    1. :meth:`template_messages` turns the conversation into HF-form messages;
+    2. the selected Jinja template renders them; it writes :attr:`image_marker` where each
+       image goes;
+    3. :meth:`expand_images` replaces the i-th marker with :meth:`image_text` ``(i, n)`` —
+       e.g. ``"<image>" * n`` for LLaVA;
+    4. :meth:`tokenize` encodes the prompt, and the positions holding :attr:`image_token`
+       ids are split, in order, into one range per image.
+
+    Class attributes a family sets:
+        image_marker: what the template emits for one image (``"<image>"``).
+        image_token: the token whose positions receive image embeddings (default: the marker).
+        default_template: template name used when none is chosen (a key of the family's
+            ``chat_templates``, or a core template).
+    """
+
+    image_marker: str = "<image>"
+    image_token: str | None = None
+    default_template: str | None = None
+
+    def __init__(
+        self,
+        family: ModelFamily | None,
+        hf_config: dict[str, Any],
+        model_path: Path,
+        tokenizer: Any,
+        chat_template_config: ChatTemplateConfig | None = None,
+    ) -> None:
+        from vlkit.config import ChatTemplateConfig
+
+        self.family = family
+        self.hf_config = hf_config
+        self.model_path = Path(model_path)
+        self.tokenizer = tokenizer
+        self.config = chat_template_config or ChatTemplateConfig()
+        self.template_name, self.template = self.select_template()
+
+    # -- template choice -------------------------------------------------------------------
+    def available_templates(self) -> dict[str, str]:
+        """Template name -> Jinja source for this family (family's own, then the core's)."""
+        out: dict[str, str] = {}
+        if self.family is not None:
+            for name, path in self.family.chat_templates.items():
+                out[name] = Path(path).read_text()
+        return out
+
+    def select_template(self) -> tuple[str, str]:
+        """``(name, source)`` of the template to use.
+
+        Order: ``ChatTemplateConfig.chat_template`` (text or file), ``model_name`` (family
+        template, then core template), the family's :attr:`default_template`, the checkpoint's
+        own template, the family's first template.
+        """
+        cfg = self.config
+        if cfg.chat_template:
+            p = Path(cfg.chat_template)
+            if len(cfg.chat_template) < 4096 and p.suffix == ".jinja" and p.is_file():
+                return p.stem, p.read_text()
+            return "custom", cfg.chat_template
+        family_templates = self.available_templates()
+        if cfg.model_name:
+            if cfg.model_name in family_templates:
+                return cfg.model_name, family_templates[cfg.model_name]
+            try:
+                return cfg.model_name, core_template(cfg.model_name)
+            except TemplateError as exc:
+                raise TemplateError(
+                    f"unknown chat template {cfg.model_name!r}; this family has "
+                    f"{sorted(family_templates)}, the core has {core_template_names()}"
+                ) from exc
+        if self.default_template:
+            if self.default_template in family_templates:
+                return self.default_template, family_templates[self.default_template]
+            if self.default_template in core_template_names():
+                return self.default_template, core_template(self.default_template)
+        own = checkpoint_template(self.model_path)
+        if own is not None:
+            return "checkpoint", own
+        if family_templates:
+            name = next(iter(family_templates))
+            return name, family_templates[name]
+        raise TemplateError(f"no chat template for {self.model_path}: the checkpoint has none and the family names none")
+
+    # -- rendering -------------------------------------------------------------------------
+    def template_messages(self, conv: Conversation) -> list[dict[str, Any]]:
+        """HF-form messages, with ``ChatTemplateConfig.system`` prepended when set."""
+        msgs = conv.to_template()
+        if self.config.system is not None and not (msgs and msgs[0]["role"] == "system"):
+            msgs = [{"role": "system", "content": [{"type": "text", "text": self.config.system}]}] + msgs
+        return msgs
+
+    def template_variables(self) -> dict[str, Any]:
+        tok = self.tokenizer
+        return {
+            "bos_token": getattr(tok, "bos_token", None) or "",
+            "eos_token": getattr(tok, "eos_token", None) or "",
+            "pad_token": getattr(tok, "pad_token", None) or "",
+            "unk_token": getattr(tok, "unk_token", None) or "",
+            "IMAGE_TOKEN": IMAGE_TOKEN,
+            "image_marker": self.image_marker,
+        }
+
+    def render(self, conv: Conversation, add_generation_prompt: bool = True) -> str:
+        """The prompt text with one :attr:`image_marker` per image (not yet expanded)."""
+        text = render_template(
+            self.template,
+            self.template_messages(conv),
+            add_generation_prompt=add_generation_prompt,
+            **self.template_variables(),
+        )
+        n = text.count(self.image_marker) if conv.num_images else 0
+        if n != conv.num_images:
+            raise TemplateError(
+                f"template {self.template_name!r} placed {n} image marker(s) {self.image_marker!r} "
+                f"for {conv.num_images} image(s)"
+            )
+        return text
+
+    def image_text(self, index: int, num_tokens: int, meta: dict[str, Any]) -> str:
+        """What the ``index``-th image marker becomes: ``num_tokens`` image tokens by default."""
+        return (self.image_token or self.image_marker) * num_tokens
+
+    def expand_images(self, text: str, num_tokens: list[int], metas: list[dict[str, Any]] | None = None) -> str:
+        metas = metas or [{} for _ in num_tokens]
+        pieces = text.split(self.image_marker)
+        if len(pieces) - 1 != len(num_tokens):
+            raise TemplateError(f"prompt has {len(pieces) - 1} image markers for {len(num_tokens)} images")
+        out = [pieces[0]]
+        for i, n in enumerate(num_tokens):
+            out.append(self.image_text(i, n, metas[i]))
+            out.append(pieces[i + 1])
+        return "".join(out)
+
+    def add_special_tokens(self, prompt: str) -> bool:
+        """Whether the tokenizer should add its special tokens (BOS): not if the prompt has it."""
+        bos = getattr(self.tokenizer, "bos_token", None)
+        return not (bos and prompt.startswith(bos))
+
+    def tokenize(self, prompt: str) -> list[int]:
+        return list(self.tokenizer.encode(prompt, add_special_tokens=self.add_special_tokens(prompt)))
+
+    @property
+    def image_token_id(self) -> int:
+        tok = self.image_token or self.image_marker
+        ids = self.tokenizer.convert_tokens_to_ids([tok])
+        tid = ids[0] if ids else None
+        if tid is None or tid == getattr(self.tokenizer, "unk_token_id", -1):
+            raise TemplateError(f"the tokenizer has no token {tok!r} for images")
+        return int(tid)
+
+    def encode(
+        self, conv: Conversation, num_image_tokens: list[int], metas: list[dict[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> PromptInputs:
+        """Render, expand and tokenize a conversation; locate each image's positions."""
+        text = self.render(conv, add_generation_prompt)
+        if num_image_tokens:
+            text = self.expand_images(text, num_image_tokens, metas)
+        ids = self.tokenize(text)
+        ranges = self.image_ranges(ids, num_image_tokens) if num_image_tokens else []
+        return PromptInputs(text, ids, ranges)
+
+    def image_ranges(self, input_ids: list[int], num_image_tokens: list[int]) -> list[tuple[int, int]]:
+        """Split the positions of :attr:`image_token_id` into one contiguous range per image."""
+        tid = self.image_token_id
+        positions = [i for i, t in enumerate(input_ids) if t == tid]
+        if len(positions) != sum(num_image_tokens):
+            raise TemplateError(
+                f"prompt has {len(positions)} image tokens, the images need {sum(num_image_tokens)}"
+            )
+        ranges, k = [], 0
+        for n in num_image_tokens:
+            start, end = positions[k], positions[k + n - 1] + 1
+            if end - start != n:
+                raise TemplateError("an image's tokens are not contiguous in the prompt")
+            ranges.append((start, end))
+            k += n
+        return ranges

@@ -1,0 +1,168 @@
+"""User-facing configuration objects.
+
+The field names follow lmdeploy's (``GenerationConfig``, ``TurbomindEngineConfig`` /
+``PytorchEngineConfig``, ``VisionConfig``, ``ChatTemplateConfig``) so that lmdeploy users feel
+at home. This module must not import torch: ``import vlkit`` stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+
+@dataclass
+class GenerationConfig:
+    """How to generate the tokens of one request.
+
+    ``do_sample=False`` (the default) is greedy decoding whatever the other sampling fields say;
+    with ``do_sample=True`` the ``temperature``/``top_k``/``top_p``/``min_p`` filters apply in
+    that order. ``random_seed`` makes sampling reproducible for that request alone, whatever
+    else is in the batch. ``logprobs=N`` returns the top-N log-probabilities of each generated
+    token.
+    """
+
+    max_new_tokens: int = 512
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    random_seed: int | None = None
+    stop_words: list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    ignore_eos: bool = False
+    min_new_tokens: int = 0
+    skip_special_tokens: bool = True
+    logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 0:
+            raise ValueError(f"GenerationConfig.max_new_tokens must be >= 0, got {self.max_new_tokens}")
+        if self.min_new_tokens < 0:
+            raise ValueError(f"GenerationConfig.min_new_tokens must be >= 0, got {self.min_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"GenerationConfig.temperature must be >= 0, got {self.temperature}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"GenerationConfig.top_p must be in (0, 1], got {self.top_p}")
+        if not 0.0 <= self.min_p <= 1.0:
+            raise ValueError(f"GenerationConfig.min_p must be in [0, 1], got {self.min_p}")
+        if self.top_k < 0:
+            raise ValueError(f"GenerationConfig.top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(
+                f"GenerationConfig.repetition_penalty must be > 0, got {self.repetition_penalty}"
+            )
+        if self.logprobs is not None and self.logprobs < 0:
+            raise ValueError(f"GenerationConfig.logprobs must be >= 0, got {self.logprobs}")
+
+    @property
+    def greedy(self) -> bool:
+        """True when decoding picks the arg-max token."""
+        return (not self.do_sample) or self.temperature == 0.0 or self.top_k == 1
+
+    def replace(self, **changes: Any) -> GenerationConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EngineConfig:
+    """How the engine runs.
+
+    Args:
+        tp: tensor-parallel degree; ``tp=N`` spawns ``N-1`` worker processes.
+        session_len: longest sequence (prompt + generated) a request may reach; ``None`` takes
+            the model's ``max_position_embeddings``.
+        max_batch_size: most sequences in one step.
+        max_prefill_token_num: token budget of one step (prefill chunks plus decodes).
+        block_size: tokens per KV-cache block.
+        cache_max_entry_count: fraction of free device memory (on CPU: of available RAM) given
+            to the KV cache; ignored when ``num_blocks`` is set.
+        num_blocks: explicit number of KV-cache blocks.
+        enable_prefix_caching: reuse full KV blocks whose token (and image) hash chain matches.
+        device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        dtype: ``"auto"`` (bf16 on CUDA where supported, else fp32), ``"float32"``,
+            ``"float16"``, ``"bfloat16"``.
+        enforce_eager: never capture CUDA graphs.
+        num_threads: torch intra-op threads on CPU (``None``: torch's default).
+    """
+
+    tp: int = 1
+    session_len: int | None = None
+    max_batch_size: int = 128
+    max_prefill_token_num: int = 4096
+    block_size: int = 16
+    cache_max_entry_count: float = 0.5
+    num_blocks: int | None = None
+    enable_prefix_caching: bool = True
+    device: str = "auto"
+    dtype: str = "auto"
+    enforce_eager: bool = False
+    num_threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.tp < 1:
+            raise ValueError(f"EngineConfig.tp must be >= 1, got {self.tp}")
+        if self.block_size < 1:
+            raise ValueError(f"EngineConfig.block_size must be >= 1, got {self.block_size}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"EngineConfig.max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_prefill_token_num < 1:
+            raise ValueError("EngineConfig.max_prefill_token_num must be >= 1")
+        if not 0.0 < self.cache_max_entry_count <= 1.0:
+            raise ValueError("EngineConfig.cache_max_entry_count must be in (0, 1]")
+        if self.num_blocks is not None and self.num_blocks < 1:
+            raise ValueError(f"EngineConfig.num_blocks must be >= 1, got {self.num_blocks}")
+        if self.dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(
+                f"EngineConfig.dtype must be auto/float32/float16/bfloat16, got {self.dtype!r}"
+            )
+
+
+@dataclass
+class VisionConfig:
+    """How images are encoded.
+
+    Args:
+        max_batch_size: most images the VisionModel encodes in one forward.
+        feature_cache_size: encoded images kept, keyed by content hash (LRU); 0 disables.
+        max_image_pixels: images with more pixels are refused (decompression bombs).
+        url_timeout: seconds to wait for an http(s) image.
+    """
+
+    max_batch_size: int = 16
+    feature_cache_size: int = 256
+    max_image_pixels: int = 64_000_000
+    url_timeout: float = 10.0
+    thread_safe: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError(f"VisionConfig.max_batch_size must be >= 1, got {self.max_batch_size}")
+
+
+@dataclass
+class ChatTemplateConfig:
+    """Selects and adjusts the chat template.
+
+    Args:
+        model_name: a template name (``vlkit list-models`` shows each family's); ``None``
+            picks the family's default, then the checkpoint's own ``chat_template``.
+        system: replaces the template's default system prompt.
+        chat_template: a Jinja template string or a path to a ``.jinja`` file; wins over
+            ``model_name``.
+    """
+
+    model_name: str | None = None
+    system: str | None = None
+    chat_template: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# lmdeploy users write these names.
+PytorchEngineConfig = EngineConfig
+TurbomindEngineConfig = EngineConfig

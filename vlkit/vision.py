@@ -1,0 +1,108 @@
+"""The VisionModel base class: what a family implements to turn images into embeddings.
+
+The core calls, in order: ``build_preprocessor()``, ``build_model()`` (once each), then for
+every batch of images ``preprocess()`` and ``forward()``. A VisionModel holds only the vision
+tower and the projector, never the whole VLM: the language model lives in the engine.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from vlkit.config import VisionConfig
+    from vlkit.registry import ModelFamily
+
+
+@dataclass
+class ImageItem:
+    """One preprocessed image.
+
+    Args:
+        num_tokens: how many prompt positions this image's embeddings fill.
+        data: whatever ``forward`` needs (pixel values, grid sizes, ...).
+        options: the per-image options the user gave (``max_pixels``...).
+        hash: content hash of the decoded image plus options (cache key; set by the core).
+        meta: facts the chat template wrapper may need (e.g. Qwen2-VL's grid, tile counts).
+    """
+
+    num_tokens: int
+    data: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    hash: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class VisionModel(ABC):
+    """Base class of a family's vision side (tower + projector).
+
+    Subclasses implement :meth:`build_preprocessor`, :meth:`build_model`, :meth:`preprocess`
+    and :meth:`forward`; :meth:`mrope_positions` only for families with 3-D rotary positions.
+
+    Args:
+        family: the matched :class:`~vlkit.registry.ModelFamily`.
+        hf_config: the checkpoint's ``config.json``.
+        model_path: local checkpoint directory.
+        vision_config: the user's :class:`~vlkit.config.VisionConfig`.
+    """
+
+    def __init__(
+        self, family: ModelFamily, hf_config: dict[str, Any], model_path: Path, vision_config: VisionConfig
+    ) -> None:
+        self.family = family
+        self.hf_config = hf_config
+        self.model_path = Path(model_path)
+        self.vision_config = vision_config
+        self.device: Any = "cpu"
+        self.dtype: Any = None
+        self.preprocessor: Any = None
+        self.model: Any = None
+
+    def to(self, device: Any, dtype: Any) -> VisionModel:
+        """Where ``build_model`` should put the weights (set by the core before building)."""
+        self.device, self.dtype = device, dtype
+        return self
+
+    @abstractmethod
+    def build_preprocessor(self) -> Any:
+        """Create and return the image preprocessor (prefer the family's transformers one)."""
+
+    @abstractmethod
+    def build_model(self) -> Any:
+        """Create the vision tower and projector and load their weights from ``model_path``.
+
+        Build on ``accelerate.init_empty_weights()`` and load only the vision tensors; never
+        instantiate the whole VLM. Return the module (also kept as ``self.model``).
+        """
+
+    @abstractmethod
+    def preprocess(self, images: list[Any], options: list[dict[str, Any]]) -> list[ImageItem]:
+        """Turn decoded RGB PIL images into :class:`ImageItem` s.
+
+        :param images: upright RGB ``PIL.Image`` s.
+        :param options: one dict of per-image options per image (may be empty).
+        :return: one item per image, each with its ``num_tokens``.
+        :raises ValueError: for options the family does not accept, naming them.
+        """
+
+    @abstractmethod
+    def forward(self, items: list[ImageItem]) -> list[torch.Tensor]:
+        """Encode a batch of items.
+
+        :return: one ``[item.num_tokens, lm_hidden_size]`` tensor per item, in order.
+        """
+
+    def mrope_positions(self, input_ids: list[int], items: list[ImageItem]) -> tuple[Any, int] | None:
+        """3-D rotary positions ``([3, len(input_ids)] LongTensor, decode_delta)``, or ``None``.
+
+        Only families with multimodal rotary embeddings (Qwen2-VL) override this.
+        """
+        return None
+
+    def close(self) -> None:
+        self.model = None
