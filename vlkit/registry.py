@@ -14,23 +14,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import threading
 import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
 
 import pluggy
 
 from vlkit import hookspecs
-
-if sys.version_info >= (3, 10):  # pragma: no branch
-    from importlib.metadata import EntryPoint, entry_points
-else:  # pragma: no cover
-    from importlib_metadata import EntryPoint, entry_points
 
 ENTRY_POINT_GROUP = "vlkit"
 _ENV_LOAD = "VLKIT_LOAD_PLUGINS"
