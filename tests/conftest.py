@@ -1,0 +1,51 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def pip_install_target(target: Path, *packages: str) -> None:
+    """Install packages for real (wheel built, dist-info written) into ``target``."""
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--disable-pip-version-check", "--target", str(target), *packages],
+        check=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def core_only_site(tmp_path_factory) -> Path:
+    """A site directory holding only the vlkit core (installed from this checkout) and pluggy."""
+    import shutil
+
+    import pluggy
+
+    site = tmp_path_factory.mktemp("core_only_site")
+    pip_install_target(site, str(ROOT))
+    shutil.copytree(Path(pluggy.__file__).parent, site / "pluggy")
+    return site
+
+
+def _run_isolated(site: Path, *args: str, extra_paths=(), env=None) -> subprocess.CompletedProcess:
+    """Run ``python -S`` (no site-packages at all) with only ``site`` (+ extras) importable."""
+    e = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VLKIT_"))}
+    e["PYTHONPATH"] = os.pathsep.join([str(p) for p in extra_paths] + [str(site)])
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-S", *args], capture_output=True, text=True, env=e, timeout=120, cwd="/")
+
+
+@pytest.fixture(scope="session")
+def run_isolated():
+    """``run_isolated(site, *python_args, extra_paths=(), env=None)``: python -S with only ``site``."""
+    return _run_isolated
+
+
+@pytest.fixture(scope="session")
+def pip_target():
+    """``pip_target(target_dir, *packages)``: a real ``pip install --target``."""
+    return pip_install_target

@@ -1,0 +1,267 @@
+"""Tensor parallelism: the process group, the collectives parallel layers use, and worker processes.
+
+With ``EngineConfig(tp=N)`` the engine process is rank 0: it schedules, samples and sends each
+step's inputs to ``N - 1`` spawned worker processes (ranks ``1..N-1``). Every rank holds a
+``1/N`` slice of the weights and of the KV cache and runs the same forward; the parallel layers
+in :mod:`vlkit.layers` all-reduce or gather through the default ``torch.distributed`` group
+(gloo on CPU, NCCL on CUDA).
+
+Step inputs travel to workers over one ``multiprocessing`` pipe per worker, so an idle worker
+waits on its pipe, not on a collective that could time out. A worker that dies is noticed by
+rank 0 before the next step (``is_alive``) or by the collective that fails; both raise
+:class:`WorkerDiedError` in the caller. Workers exit when their pipe closes, so an engine that is
+garbage collected or an interpreter that exits never leaves them behind.
+
+Layers read the group through :func:`tp_rank` / :func:`tp_world_size` when they are built, and
+call :func:`all_reduce` / :func:`gather_to_first` in ``forward``; with ``tp=1`` these are no-ops
+and ``torch.distributed`` is never initialised.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import os
+import socket
+import traceback
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+# Seconds a collective may wait for a peer before failing (a peer that died mid-step).
+COLLECTIVE_TIMEOUT_S = float(os.environ.get("VLKIT_TP_TIMEOUT", "120"))
+# Seconds rank 0 waits for workers to load their weights.
+STARTUP_TIMEOUT_S = float(os.environ.get("VLKIT_TP_STARTUP_TIMEOUT", "600"))
+
+
+class WorkerDiedError(RuntimeError):
+    """A tensor-parallel worker process exited or failed."""
+
+
+@dataclass
+class _TPState:
+    rank: int = 0
+    world_size: int = 1
+
+
+_STATE = _TPState()
+
+
+def tp_rank() -> int:
+    """This process's tensor-parallel rank (0 without TP)."""
+    return _STATE.rank
+
+
+def tp_world_size() -> int:
+    """The tensor-parallel degree (1 without TP)."""
+    return _STATE.world_size
+
+
+def all_reduce(x: torch.Tensor) -> torch.Tensor:
+    """Sum ``x`` over all ranks in place (no-op with ``tp=1``)."""
+    if _STATE.world_size > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def gather_to_first(x: torch.Tensor, dim: int = -1) -> torch.Tensor | None:
+    """Concatenate every rank's ``x`` along ``dim`` on rank 0; other ranks get ``None``."""
+    if _STATE.world_size == 1:
+        return x
+    x = x.contiguous()
+    if _STATE.rank == 0:
+        parts = [torch.empty_like(x) for _ in range(_STATE.world_size)]
+        dist.gather(x, parts, dst=0)
+        return torch.cat(parts, dim=dim)
+    dist.gather(x, None, dst=0)
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_tp(rank: int, world_size: int, init_method: str, backend: str) -> None:
+    """Join the tensor-parallel group (called by every rank, rank 0 included)."""
+    dist.init_process_group(
+        backend=backend,
+        init_method=init_method,
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
+    )
+    _STATE.rank, _STATE.world_size = rank, world_size
+
+
+def destroy_tp() -> None:
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:
+            pass
+    _STATE.rank, _STATE.world_size = 0, 1
+
+
+def backend_for(device: torch.device) -> str:
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def _worker_main(rank: int, world_size: int, init_method: str, runner_kwargs: dict[str, Any], conn) -> None:
+    """Entry point of a spawned worker: build the runner, then execute steps until told to stop."""
+    from vlkit.engine.runner import ModelRunner
+
+    runner = None
+    try:
+        device = torch.device(runner_kwargs["device"])
+        if device.type == "cuda":
+            device = torch.device("cuda", rank)
+            torch.cuda.set_device(device)
+            runner_kwargs = {**runner_kwargs, "device": str(device)}
+        if runner_kwargs.get("num_threads"):
+            torch.set_num_threads(runner_kwargs["num_threads"])
+        init_tp(rank, world_size, init_method, backend_for(device))
+        runner = ModelRunner(**runner_kwargs)
+        conn.send(("loaded", runner.memory_report()))
+        while True:
+            msg = conn.recv()
+            kind = msg[0]
+            if kind == "stop":
+                break
+            if kind == "kv_cache":
+                runner.allocate_kv_cache(msg[1])
+                conn.send(("ready", None))
+            elif kind == "step":
+                runner.execute(msg[1])
+    except (EOFError, KeyboardInterrupt, BrokenPipeError):
+        pass
+    except Exception:
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except Exception:
+            pass
+    finally:
+        destroy_tp()
+        try:
+            conn.close()
+        except Exception:
+            pass
+
+
+def _shutdown(procs: list, conns: list) -> None:
+    for c in conns:
+        try:
+            c.send(("stop",))
+        except Exception:
+            pass
+    for p in procs:
+        p.join(timeout=10)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+            p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=5)
+    for c in conns:
+        try:
+            c.close()
+        except Exception:
+            pass
+    destroy_tp()
+
+
+class TPWorkers:
+    """The ``tp - 1`` worker processes of one engine, seen from rank 0.
+
+    Built by :class:`vlkit.engine.runner.ModelRunner` on rank 0: ``start`` spawns the workers
+    and joins the process group, ``send_step`` hands each worker the step's inputs,
+    ``close`` stops them (also run at interpreter exit and when this object is collected).
+    """
+
+    def __init__(self, world_size: int, runner_kwargs: dict[str, Any]):
+        self.world_size = world_size
+        device = torch.device(runner_kwargs["device"])
+        init_method = f"tcp://127.0.0.1:{free_port()}"
+        ctx = mp.get_context("spawn")
+        self._procs: list = []
+        self._conns: list = []
+        for rank in range(1, world_size):
+            parent, child = ctx.Pipe()
+            p = ctx.Process(
+                target=_worker_main,
+                args=(rank, world_size, init_method, runner_kwargs, child),
+                daemon=True,
+                name=f"vlkit-tp-worker-{rank}",
+            )
+            p.start()
+            child.close()
+            self._procs.append(p)
+            self._conns.append(parent)
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
+        atexit.register(self._finalizer)
+        try:
+            init_tp(0, world_size, init_method, backend_for(device))
+        except Exception as e:
+            self.close()
+            raise WorkerDiedError(f"tensor-parallel group failed to start: {e}") from e
+
+    def wait(self, expected: str, timeout: float = STARTUP_TIMEOUT_S) -> list[Any]:
+        """Wait for every worker's ``expected`` message; raise if one fails or dies."""
+        out = []
+        for rank, (p, c) in enumerate(zip(self._procs, self._conns), start=1):
+            deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
+            while not c.poll(0.1):
+                if not p.is_alive():
+                    self.close()
+                    raise WorkerDiedError(f"tensor-parallel worker {rank} exited (code {p.exitcode})")
+                if datetime.datetime.now() > deadline:
+                    self.close()
+                    raise WorkerDiedError(f"tensor-parallel worker {rank} did not answer in {timeout:.0f}s")
+            try:
+                kind, payload = c.recv()
+            except EOFError:
+                self.close()
+                raise WorkerDiedError(f"tensor-parallel worker {rank} exited") from None
+            if kind == "error":
+                self.close()
+                raise WorkerDiedError(f"tensor-parallel worker {rank} failed:\n{payload}")
+            if kind != expected:
+                self.close()
+                raise WorkerDiedError(f"tensor-parallel worker {rank} sent {kind!r}, expected {expected!r}")
+            out.append(payload)
+        return out
+
+    def send(self, *msg: Any) -> None:
+        self.check_alive()
+        for rank, c in enumerate(self._conns, start=1):
+            try:
+                c.send(msg)
+            except (BrokenPipeError, OSError) as e:
+                self.close()
+                raise WorkerDiedError(f"tensor-parallel worker {rank} is gone: {e}") from e
+
+    def check_alive(self) -> None:
+        for rank, (p, c) in enumerate(zip(self._procs, self._conns), start=1):
+            if not p.is_alive():
+                self.close()
+                raise WorkerDiedError(f"tensor-parallel worker {rank} exited (code {p.exitcode})")
+            if c.poll():  # a worker only speaks unasked when it failed
+                try:
+                    kind, payload = c.recv()
+                except EOFError:
+                    kind, payload = "error", "pipe closed"
+                self.close()
+                raise WorkerDiedError(f"tensor-parallel worker {rank} failed:\n{payload}")
+
+    @property
+    def processes(self) -> list:
+        return list(self._procs)
+
+    def close(self) -> None:
+        self._finalizer()
