@@ -5,7 +5,6 @@ Each adder registers one sub-command; heavy imports happen when the command runs
 
 from __future__ import annotations
 
-import argparse
 from typing import Any
 
 ADDERS: list[Any] = []
