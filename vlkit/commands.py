@@ -1,10 +1,206 @@
-"""CLI commands that run models (``run``, ``chat``, ``serve``, ``bench``).
+"""CLI commands that run models: ``run``, ``chat``, ``demo``, ``bench``.
 
-Each adder registers one sub-command; heavy imports happen when the command runs.
+Each adder registers one sub-command; heavy imports happen only when the command runs.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from typing import Any
 
-ADDERS: list[Any] = []
+
+def _add_engine_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("engine")
+    g.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    g.add_argument("--session-len", type=int, default=None, help="longest prompt + output (default: the model's)")
+    g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
+    g.add_argument("--num-blocks", type=int, default=None, help="KV-cache blocks (default: sized from memory)")
+    g.add_argument("--chat-template", default=None, help="template name (see `vlkit list-models`) or .jinja path")
+    g.add_argument("--vision-max-batch-size", type=int, default=16, help="images per vision forward")
+
+
+def _add_generation_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--temperature", type=float, default=None, help="sample with this temperature (default: greedy)")
+    g.add_argument("--top-k", type=int, default=0)
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--min-p", type=float, default=0.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--stop", action="append", default=None, help="stop word (repeatable)")
+    g.add_argument("--ignore-eos", action="store_true")
+
+
+def _generation_config(args: argparse.Namespace) -> Any:
+    from vlkit.config import GenerationConfig
+
+    sample = args.temperature is not None and args.temperature > 0
+    return GenerationConfig(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=sample,
+        temperature=args.temperature if sample else 1.0,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        random_seed=args.seed,
+        stop_words=args.stop,
+        ignore_eos=args.ignore_eos,
+    )
+
+
+def _pipeline(args: argparse.Namespace) -> Any:
+    import vlkit
+    from vlkit.config import ChatTemplateConfig, EngineConfig, VisionConfig
+
+    tpl = args.chat_template
+    ctc = ChatTemplateConfig()
+    if tpl:
+        ctc = ChatTemplateConfig(chat_template=tpl) if tpl.endswith(".jinja") else ChatTemplateConfig(model_name=tpl)
+    return vlkit.pipeline(
+        args.model,
+        engine_config=EngineConfig(
+            tp=args.tp, session_len=args.session_len, device=args.device, dtype=args.dtype, num_blocks=args.num_blocks
+        ),
+        vision_config=VisionConfig(max_batch_size=args.vision_max_batch_size),
+        chat_template_config=ctc,
+    )
+
+
+def _prompt(text: str, images: list[str]) -> Any:
+    return (text, images) if images else text
+
+
+def _print_response(pipe: Any, prompt: Any, gen: Any, stream: bool) -> int:
+    if stream:
+        last = None
+        for delta in pipe.stream_infer(prompt, gen_config=gen):
+            if delta.finish_reason == "error":
+                print(f"\nerror: {delta.error}", file=sys.stderr)
+                return 1
+            sys.stdout.write(delta.text)
+            sys.stdout.flush()
+            last = delta
+        print()
+        if last is not None:
+            print(f"[{last.generate_token_len} tokens, finish_reason={last.finish_reason}]", file=sys.stderr)
+        return 0
+    r = pipe(prompt, gen_config=gen)
+    print(r.text)
+    print(f"[{r.input_token_len} prompt tokens, {r.generate_token_len} generated, finish_reason={r.finish_reason}]",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from vlkit.messages import MessageError
+
+    try:
+        with _pipeline(args) as pipe:
+            return _print_response(pipe, _prompt(args.prompt, args.image or []), _generation_config(args), args.stream)
+    except (ValueError, FileNotFoundError, MessageError) as exc:
+        print(f"vlkit run: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run one prompt (with images) through a model")
+    p.add_argument("model", help="local checkpoint directory or hub id")
+    p.add_argument("prompt")
+    p.add_argument("--image", action="append", help="image path, URL or data: URI (repeatable)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they come")
+    _add_engine_flags(p)
+    _add_generation_flags(p)
+    p.set_defaults(func=cmd_run)
+
+
+CHAT_HELP = """Commands: /image PATH_OR_URL  attach an image to your next message
+          /reset              start a new conversation
+          /exit               quit (or Ctrl-D)"""
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from vlkit.api import Session
+
+    gen = _generation_config(args)
+    with _pipeline(args) as pipe:
+        print(f"vlkit chat with {args.model}\n{CHAT_HELP}")
+        session, pending = Session(), []
+        while True:
+            try:
+                line = input(">>> ")
+            except (EOFError, KeyboardInterrupt):
+                print()
+                return 0
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("/exit", "/quit"):
+                return 0
+            if line == "/reset":
+                session, pending = Session(), []
+                print("(new conversation)")
+                continue
+            if line.startswith("/image"):
+                src = line[len("/image"):].strip()
+                if not src:
+                    print("usage: /image PATH_OR_URL")
+                    continue
+                pending.append(src)
+                print(f"(image attached: {src})")
+                continue
+            try:
+                session = pipe.chat(_prompt(line, pending), session=session, gen_config=gen)
+            except ValueError as exc:
+                print(f"error: {exc}")
+                continue
+            pending = []
+            print(session.response.text)
+
+
+def add_chat(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("chat", help="interactive chat in the terminal (attach images with /image)")
+    p.add_argument("model", help="local checkpoint directory or hub id")
+    _add_engine_flags(p)
+    _add_generation_flags(p)
+    p.set_defaults(func=cmd_chat)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vlkit.demo import run_demo
+
+    return run_demo(args.dir, family=args.family, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="write a tiny RANDOM-WEIGHT checkpoint and run a prompt with a bundled image through the whole stack",
+    )
+    p.add_argument("--dir", default=None, help="where to write the checkpoint (default: a temp dir)")
+    p.add_argument("--family", default="llava", help="family whose tiny checkpoint to use (default: llava)")
+    p.add_argument("--prompt", default="Describe this image.")
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vlkit.bench import run_cli
+
+    return run_cli(args)
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmark vlkit against HF transformers in the same run (see docs/benchmarks.md)")
+    p.add_argument("workload", nargs="?", default="w1", help="w1 (LLaVA W1), w1-text (its language model alone)")
+    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--output", default=None, help="write the JSON record here (and a PNG next to it)")
+    p.add_argument("--skip-hf", action="store_true", help="measure vlkit only")
+    p.set_defaults(func=cmd_bench)
+
+
+ADDERS: list[Any] = [add_run, add_chat, add_demo, add_bench]
