@@ -10,6 +10,7 @@ import base64
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -95,22 +96,25 @@ def load_image(
         img = source
     else:
         data = read_image_bytes(source, timeout)
-        prev = Image.MAX_IMAGE_PIXELS
         try:
-            Image.MAX_IMAGE_PIXELS = max_pixels
-            img = Image.open(io.BytesIO(data))
-            _check_pixels(img, max_pixels, source)
-            img.load()
-        except ImageLoadError:
-            raise
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise ImageLoadError(f"image {_describe_source(source)} is too large: {exc}") from exc
+            img = Image.open(io.BytesIO(data))  # reads the header only
+        except Image.DecompressionBombError as exc:
+            raise ImageLoadError(
+                f"image {_describe_source(source)} is over the pixel limit (VisionConfig.max_image_pixels): {exc}"
+            ) from exc
         except Exception as exc:
             raise ImageLoadError(
                 f"cannot decode image {_describe_source(source)}: {type(exc).__name__}: {exc}"
             ) from exc
-        finally:
-            Image.MAX_IMAGE_PIXELS = prev
+        _check_pixels(img, max_pixels, source)  # before any pixel is decoded
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                img.load()
+        except Exception as exc:
+            raise ImageLoadError(
+                f"cannot decode image {_describe_source(source)}: {type(exc).__name__}: {exc}"
+            ) from exc
     _check_pixels(img, max_pixels, source)
     try:
         img = ImageOps.exif_transpose(img)

@@ -227,7 +227,7 @@ def to_conversation(prompt: Any, where: str = "prompt") -> Conversation:
             raise MessageError(f"{where}: a tuple prompt must be (text, image or [images]), got {len(prompt)} items")
         return from_tuple(prompt[0], prompt[1], where)
     if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
-        return from_openai(prompt, where)
+        return from_openai(prompt, "messages" if where == "prompt" else where)
     if isinstance(prompt, dict) and "messages" in prompt:
         return from_openai(prompt["messages"], f"{where}.messages")
     raise MessageError(

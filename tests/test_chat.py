@@ -1,0 +1,87 @@
+import json
+
+import pytest
+
+from vlkit.chat import ChatTemplateWrapper, TemplateError, core_template, render_template
+from vlkit.config import ChatTemplateConfig
+from vlkit.messages import IMAGE_TOKEN, to_conversation
+from vlkit.registry import ModelFamily
+
+
+class _Tok:
+    """Just enough tokenizer for template selection and rendering."""
+
+    bos_token = "<s>"
+    eos_token = "</s>"
+
+
+def test_sandbox_blocks_attribute_escape():
+    with pytest.raises(TemplateError):
+        render_template("{{ messages.__class__.__mro__[1].__subclasses__() }}", [])
+
+
+def test_raise_exception_in_template_is_reported():
+    with pytest.raises(TemplateError, match="no system"):
+        render_template("{{ raise_exception('no system') }}", [])
+
+
+def test_llava_v1_multi_turn():
+    conv = to_conversation([
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "a"}}, {"type": "text", "text": "What?"}]},
+        {"role": "assistant", "content": "A cat."},
+        {"role": "user", "content": "Color?"},
+    ])
+    out = render_template(core_template("llava-v1"), conv.to_template(), add_generation_prompt=True,
+                          image_marker="<image>", eos_token="</s>")
+    assert out == (
+        "A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+        "detailed, and polite answers to the human's questions. USER: <image>\nWhat? ASSISTANT: A cat.</s>"
+        "USER: Color? ASSISTANT:"
+    )
+
+
+def test_chatml_with_user_placed_image():
+    conv = to_conversation((f"see {IMAGE_TOKEN} now", "a.png"))
+    out = render_template(core_template("chatml"), conv.to_template(), add_generation_prompt=True, image_marker="<I>")
+    assert out == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nsee <I> now<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_template_selection_order(tmp_path):
+    fam_tpl = tmp_path / "fam.jinja"
+    fam_tpl.write_text("FAMILY")
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": "CHECKPOINT"}))
+    fam = ModelFamily("f", ("FArch",), chat_templates={"fam": str(fam_tpl)})
+
+    def pick(cfg=None, cls=ChatTemplateWrapper):
+        return cls(fam, {}, tmp_path, _Tok(), cfg).template_name
+
+    assert pick() == "checkpoint"  # no family default: the checkpoint's own template
+    assert pick(ChatTemplateConfig(model_name="fam")) == "fam"
+    assert pick(ChatTemplateConfig(model_name="chatml")) == "chatml"  # a core template
+    assert pick(ChatTemplateConfig(chat_template="{{ 'x' }}")) == "custom"
+
+    class WithDefault(ChatTemplateWrapper):
+        default_template = "llava-v1"
+
+    assert pick(cls=WithDefault) == "llava-v1"
+    with pytest.raises(TemplateError, match="unknown chat template 'nope'.*fam.*chatml"):
+        pick(ChatTemplateConfig(model_name="nope"))
+
+
+def test_expand_and_locate_images():
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 3, "a": 4, "b": 5, "\n": 6, " ": 7}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    wrapper = ChatTemplateWrapper(None, {}, "/nonexistent", tok, ChatTemplateConfig(
+        chat_template="{% for m in messages %}{% for p in m.content %}{% if p.type == 'image' %}{{ image_marker }}"
+                      "{% else %}{{ p.text }}{% endif %}{% endfor %}{% endfor %}"))
+    conv = to_conversation((f"a{IMAGE_TOKEN}b{IMAGE_TOKEN}", ["x", "y"]))
+    enc = wrapper.encode(conv, [2, 3])
+    assert enc.prompt == "a<image><image>b<image><image><image>"
+    assert enc.image_ranges == [(1, 3), (4, 7)]
+    assert [enc.input_ids[i] for i in range(1, 3)] == [3, 3]
