@@ -152,6 +152,7 @@ class Pipeline:
         from vlkit.engine import LLMEngine
         from vlkit.loop import EngineLoop
 
+        self._template_stop_ids = self.chat_template.stop_token_ids() if self.chat_template is not None else []
         self.engine = LLMEngine(spec, self.engine_config, tokenizer=self.tokenizer)
         self._loop = EngineLoop(self.engine)
 
@@ -237,9 +238,16 @@ class Pipeline:
         )
 
     # -- running -----------------------------------------------------------------------------
+    def _with_stop_ids(self, gen: GenerationConfig) -> GenerationConfig:
+        """Add the chat template's stop ids (EOS of the checkpoint, ``<|im_end|>``...)."""
+        if self.chat_template is None or gen.ignore_eos:
+            return gen
+        extra = [t for t in self._template_stop_ids if t not in (gen.stop_token_ids or [])]
+        return gen.replace(stop_token_ids=list(gen.stop_token_ids or []) + extra) if extra else gen
+
     def _submit(self, prep: PreparedRequest, gen: GenerationConfig, callback: Any) -> str:
         rid = self._loop.new_id()
-        kwargs: dict[str, Any] = {"prompt_token_ids": prep.input_ids, "gen_config": gen}
+        kwargs: dict[str, Any] = {"prompt_token_ids": prep.input_ids, "gen_config": self._with_stop_ids(gen)}
         if prep.embeddings:
             kwargs.update(input_embeddings=prep.embeddings, embedding_ranges=prep.ranges, embedding_hashes=prep.hashes)
         if prep.mrope is not None:

@@ -104,6 +104,13 @@ def checkpoint_template(model_path: Path) -> str | None:
     return None
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None
+
+
 @dataclass
 class PromptInputs:
     """A rendered, tokenized prompt.
@@ -137,11 +144,14 @@ class ChatTemplateWrapper:
         image_token: the token whose positions receive image embeddings (default: the marker).
         default_template: template name used when none is chosen (a key of the family's
             ``chat_templates``, or a core template).
+        stop_words: tokens that end a reply besides EOS (``"<|im_end|>"`` for ChatML); see
+            :meth:`stop_token_ids`.
     """
 
     image_marker: str = "<image>"
     image_token: str | None = None
     default_template: str | None = None
+    stop_words: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -159,6 +169,25 @@ class ChatTemplateWrapper:
         self.tokenizer = tokenizer
         self.config = chat_template_config or ChatTemplateConfig()
         self.template_name, self.template = self.select_template()
+
+    def stop_token_ids(self) -> list[int]:
+        """Ids that end generation: the checkpoint's ``generation_config.json`` /
+        ``config.json`` ``eos_token_id`` (int or list), the tokenizer's EOS, and
+        :attr:`stop_words` that are single tokens."""
+        ids: list[int] = []
+        for src in (self.model_path / "generation_config.json", None):
+            cfg = self.hf_config if src is None else _read_json(src)
+            eos = (cfg or {}).get("eos_token_id")
+            ids += [eos] if isinstance(eos, int) else [int(e) for e in eos or []]
+        tok_eos = getattr(self.tokenizer, "eos_token_id", None)
+        if isinstance(tok_eos, int):
+            ids.append(tok_eos)
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        for word in self.stop_words:
+            tid = self.tokenizer.convert_tokens_to_ids([word])[0]
+            if tid is not None and tid != unk:
+                ids.append(int(tid))
+        return sorted(set(ids))
 
     # -- template choice -------------------------------------------------------------------
     def available_templates(self) -> dict[str, str]:
