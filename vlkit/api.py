@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import queue
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -378,6 +378,52 @@ class Pipeline:
         return results if is_batch else results[0]  # type: ignore[return-value]
 
     __call__ = infer
+
+    async def generate(self, prompt: Any, gen_config: GenerationConfig | None = None) -> AsyncIterator[Response]:
+        """Async streaming of one prompt (the server uses this).
+
+        Preparation (image decoding and encoding) runs in a worker thread; increments arrive
+        from the step loop. Leaving the iterator early (a client that went away, a cancelled
+        task) aborts the request, which frees its KV blocks at once.
+
+        :raises ValueError: (a subclass) for a bad request, before anything is generated.
+        """
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        (prep,) = await loop.run_in_executor(None, self._prepare_all, [prompt])
+        if isinstance(prep, BaseException):
+            raise prep
+        q: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue()
+
+        def deliver(out: Any, err: BaseException | None) -> None:
+            loop.call_soon_threadsafe(q.put_nowait, (out, err))
+
+        rid = self._submit(prep, gen_config or GenerationConfig(), deliver)
+        done = False
+        text = ""
+        try:
+            while True:
+                out, err = await q.get()
+                if err is not None:
+                    done = True
+                    raise RuntimeError(f"generation failed: {err}") from err
+                new_text = out.text[len(text):] if out.text.startswith(text) else out.text
+                text = out.text
+                done = out.finished
+                yield Response(
+                    text=new_text,
+                    token_ids=list(out.new_token_ids),
+                    input_token_len=out.num_prompt_tokens,
+                    generate_token_len=len(out.token_ids),
+                    finish_reason=out.finish_reason if out.finished else None,
+                    logprobs=out.new_logprobs,
+                )
+                if done:
+                    return
+        finally:
+            if not done and self._loop is not None:
+                self._loop.abort(rid)
 
     def chat(
         self, prompt: Any, session: Session | None = None, gen_config: GenerationConfig | None = None, **kwargs: Any
