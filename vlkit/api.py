@@ -193,7 +193,7 @@ class Pipeline:
         return results
 
     def _encode_prompt(self, conv: Conversation, items: list[Any], embs: list[Any]) -> PreparedRequest:
-        if self.chat_template is None:  # text checkpoint without a template: tokenizer(prompt)
+        if self.chat_template is None or conv.raw:  # no template: tokenizer(prompt)
             if len(conv.messages) != 1 or conv.messages[0].role != "user":
                 raise MessageError(
                     f"{self.model_path} has no chat template: give a plain string prompt, or choose a "

@@ -204,3 +204,40 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 ADDERS: list[Any] = [add_run, add_chat, add_demo, add_bench]
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from vlkit.serve import ServerConfig, create_app
+
+    pipe = _pipeline(args)
+    keys = [k for k in (args.api_keys or []) if k]
+    app = create_app(pipe, ServerConfig(
+        model_name=args.model_name or str(args.model),
+        api_keys=keys,
+        max_concurrent_requests=args.max_concurrent_requests,
+        max_body_bytes=args.max_body_mb * 1024 * 1024,
+    ))
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+    finally:
+        pipe.close()
+    return 0
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
+    p.add_argument("model", help="local checkpoint directory or hub id")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=23333)
+    p.add_argument("--api-keys", nargs="*", default=None, help="accepted bearer keys (default: no auth)")
+    p.add_argument("--model-name", default=None, help="model id reported by /v1/models (default: MODEL)")
+    p.add_argument("--max-concurrent-requests", type=int, default=256, help="more in flight get 429")
+    p.add_argument("--max-body-mb", type=int, default=32, help="larger request bodies get 413")
+    p.add_argument("--log-level", default="warning")
+    _add_engine_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+
+ADDERS.append(add_serve)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlkit.config import VisionConfig
-from vlkit.media import image_hash, load_image
+from vlkit.media import ImageLoadError, image_hash, load_image
 from vlkit.messages import ImageRef
 from vlkit.vision import ImageItem, VisionModel
 
@@ -39,7 +39,12 @@ class ImageEncoder:
 
     def preprocess(self, refs: list[ImageRef]) -> list[ImageItem]:
         """Decode and preprocess; raises :class:`vlkit.media.ImageLoadError` naming the bad image."""
-        images = [self.load(r) for r in refs]
+        images = []
+        for i, ref in enumerate(refs):
+            try:
+                images.append(self.load(ref))
+            except ImageLoadError as exc:
+                raise ImageLoadError(f"image {i}: {exc}") from exc
         items = self.vision.preprocess(images, [dict(r.options) for r in refs])
         for img, ref, item in zip(images, refs, items):
             opts = json.dumps(ref.options, sort_keys=True, default=str)

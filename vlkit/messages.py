@@ -69,10 +69,15 @@ class Message:
         return {"role": self.role, "content": content}
 
 
+class RawText(str):
+    """A prompt given to the model exactly as written: no chat template (``/v1/completions``)."""
+
+
 @dataclass
 class Conversation:
     messages: list[Message]
     images: list[ImageRef]
+    raw: bool = False  # render as the tokenizer encodes the text, without the chat template
 
     @property
     def num_images(self) -> int:
@@ -218,6 +223,8 @@ def to_conversation(prompt: Any, where: str = "prompt") -> Conversation:
     """One prompt in any accepted form -> Conversation."""
     if isinstance(prompt, Conversation):
         return prompt
+    if isinstance(prompt, RawText):
+        return Conversation([Message("user", [TextPart(str(prompt))])], [], raw=True)
     if isinstance(prompt, str):
         if IMAGE_TOKEN in prompt:
             raise MessageError(f"{where}: the text has {IMAGE_TOKEN} but no image was given")

@@ -1,0 +1,52 @@
+"""Prometheus text exposition of the server's counters and the engine's KV-cache gauges."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests: Counter[tuple[str, str]] = Counter()  # (endpoint, status) -> count
+        self.prompt_tokens = 0
+        self.generation_tokens = 0
+        self.running = 0
+
+    def finished(self, endpoint: str, status: str, prompt_tokens: int = 0, generation_tokens: int = 0) -> None:
+        with self._lock:
+            self.requests[(endpoint, status)] += 1
+            self.prompt_tokens += prompt_tokens
+            self.generation_tokens += generation_tokens
+
+    def render(self, engine_stats: dict[str, Any]) -> str:
+        lines = [
+            "# HELP vlkit_requests_total Requests answered, by endpoint and status.",
+            "# TYPE vlkit_requests_total counter",
+        ]
+        with self._lock:
+            for (endpoint, status), n in sorted(self.requests.items()):
+                lines.append(f'vlkit_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}')
+            counters = {
+                "vlkit_prompt_tokens_total": ("Prompt tokens processed.", self.prompt_tokens),
+                "vlkit_generation_tokens_total": ("Tokens generated.", self.generation_tokens),
+            }
+            gauges = {"vlkit_requests_running": ("Requests in flight in the server.", self.running)}
+        for name, (doc, value) in counters.items():
+            lines += [f"# HELP {name} {doc}", f"# TYPE {name} counter", f"{name} {value}"]
+        docs = {
+            "vlkit_queue_depth": "Requests waiting in the engine's scheduler.",
+            "vlkit_engine_running": "Sequences the engine is running.",
+            "vlkit_kv_cache_free_blocks": "Free KV-cache blocks.",
+            "vlkit_kv_cache_total_blocks": "KV-cache blocks in all.",
+            "vlkit_kv_cache_usage_ratio": "Fraction of KV-cache blocks in use.",
+            "vlkit_prefix_cache_hit_tokens_total": "Prompt tokens served from the prefix cache.",
+        }
+        for key, doc in docs.items():
+            if key in engine_stats:
+                gauges[key] = (doc, engine_stats[key])
+        for name, (doc, value) in gauges.items():
+            lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value}"]
+        return "\n".join(lines) + "\n"
