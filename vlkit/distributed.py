@@ -116,7 +116,7 @@ def _worker_main(rank: int, world_size: int, init_method: str, runner_kwargs: di
     """Entry point of a spawned worker: build the runner, then execute steps until told to stop."""
     from vlkit.engine.runner import ModelRunner
 
-    runner = None
+    runner_kwargs = {**runner_kwargs, "rank": rank}
     try:
         device = torch.device(runner_kwargs["device"])
         if device.type == "cuda":
@@ -253,9 +253,9 @@ class TPWorkers:
                 raise WorkerDiedError(f"tensor-parallel worker {rank} exited (code {p.exitcode})")
             if c.poll():  # a worker only speaks unasked when it failed
                 try:
-                    kind, payload = c.recv()
+                    payload = c.recv()[1]
                 except EOFError:
-                    kind, payload = "error", "pipe closed"
+                    payload = "pipe closed"
                 self.close()
                 raise WorkerDiedError(f"tensor-parallel worker {rank} failed:\n{payload}")
 

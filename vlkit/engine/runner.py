@@ -1,0 +1,259 @@
+"""The model runner: one step's flat batch in, logits of the sampling rows out.
+
+:meth:`ModelRunner.prepare` (rank 0) turns the scheduled chunks into :class:`StepInputs`, plain
+picklable data: token ids, positions (``[T]`` or ``[3, T]`` when a sequence uses M-RoPE), cache
+slots, per-sequence block tables and context lengths, the inputs embeddings that overwrite token
+embeddings, and which rows need logits. One-token chunks (decodes) come first so their attention
+runs batched. :meth:`ModelRunner.execute` (every rank) runs the backbone on it; under tensor
+parallelism rank 0 first sends the inputs to the workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from vlkit.engine.kv_cache import allocate_kv_cache, free_device_bytes
+from vlkit.engine.sequence import ScheduledChunk, Sequence
+from vlkit.layers.attention import AttentionContext, PrefillChunk
+from vlkit.loader import load_backbone
+from vlkit.models.spec import LanguageModelSpec
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device, config: dict[str, Any] | None = None) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return _DTYPES[dtype]
+
+
+@dataclass
+class StepInputs:
+    """Everything every rank needs to run one forward (picklable)."""
+
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T] or [3, T]
+    slot_mapping: torch.Tensor  # [T]
+    num_single: int
+    single_block_tables: torch.Tensor  # [num_single, max_blocks]
+    single_context_lens: torch.Tensor  # [num_single]
+    prefills: list[tuple[int, int, int, list[int]]]  # (start, length, context_len, block_table)
+    logits_indices: torch.Tensor  # [N] rows of the flat batch whose logits are returned
+    embeddings: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (flat offset, [n, hidden])
+    zero_blocks: list[int] = field(default_factory=list)  # blocks to zero before use
+
+
+class ModelRunner:
+    """Owns the backbone and the KV cache of one rank.
+
+    Args:
+        spec: the language model to build.
+        device, dtype: where and in what precision (already resolved, or strings).
+        block_size: tokens per KV block.
+        rank, world_size: tensor-parallel position; rank 0 with ``world_size > 1`` spawns the
+            workers itself.
+        num_threads: torch CPU threads.
+    """
+
+    def __init__(
+        self,
+        spec: LanguageModelSpec,
+        device: str = "cpu",
+        dtype: str = "float32",
+        block_size: int = 16,
+        rank: int = 0,
+        world_size: int = 1,
+        num_threads: int | None = None,
+    ):
+        self.spec = spec
+        self.device = torch.device(device)
+        self.dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+        self.block_size = block_size
+        self.rank, self.world_size = rank, world_size
+        self.workers = None
+        if rank == 0 and world_size > 1:
+            from vlkit.distributed import TPWorkers
+
+            kwargs = dict(
+                spec=spec,
+                device=str(self.device),
+                dtype=str(self.dtype).replace("torch.", ""),
+                block_size=block_size,
+                world_size=world_size,
+                num_threads=num_threads,
+            )
+            self.workers = TPWorkers(world_size, {**kwargs, "rank": 0})
+            # each worker gets its own rank through _worker_main -> ModelRunner(rank=...)
+        try:
+            self.model = load_backbone(spec, self.device, self.dtype)
+            self.worker_memory = self.workers.wait("loaded") if self.workers else []
+        except Exception:
+            self.close()
+            raise
+        self.kv_caches: list[torch.Tensor] = []
+        self.num_blocks = 0
+
+    # -- KV cache -------------------------------------------------------------------------
+    def memory_report(self) -> int:
+        return free_device_bytes(self.device)
+
+    def free_bytes(self) -> int:
+        """Free memory for the KV cache: the smallest over all ranks."""
+        return min([self.memory_report(), *self.worker_memory])
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        m = self.model
+        self.kv_caches = allocate_kv_cache(
+            m.num_layers, num_blocks, self.block_size, m.num_kv_heads, m.head_dim, self.dtype, self.device
+        )
+        self.num_blocks = num_blocks
+        if self.workers:
+            self.workers.send("kv_cache", num_blocks)
+            self.workers.wait("ready")
+
+    # -- inputs ---------------------------------------------------------------------------
+    def prepare(self, chunks: list[ScheduledChunk], all_logits: bool = False, zero_blocks=()) -> tuple[StepInputs, list[Sequence]]:
+        """Pack ``chunks`` into one flat batch.
+
+        Returns the inputs and the sequences whose logits rows come back, in row order (with
+        ``all_logits`` every token of the single chunk gets a row).
+        """
+        bs = self.block_size
+        order = sorted(chunks, key=lambda c: c.num_tokens != 1)  # single tokens first (stable)
+        ids: list[int] = []
+        pos_parts: list[torch.Tensor] = []
+        slots: list[torch.Tensor] = []
+        use_mrope = any(c.seq.mrope_positions is not None for c in order)
+        singles_bt: list[list[int]] = []
+        singles_len: list[int] = []
+        prefills: list[tuple[int, int, int, list[int]]] = []
+        embeddings: list[tuple[int, torch.Tensor]] = []
+        logit_rows: list[int] = []
+        sample_seqs: list[Sequence] = []
+        single_slots: list[int] = []
+        for c in order:
+            seq, n = c.seq, c.num_tokens
+            start, flat = seq.num_computed_tokens, len(ids)
+            end = start + n
+            ids.extend(seq.token_ids[start:end])
+            pos = seq.positions(start, end)
+            if use_mrope and pos.dim() == 1:
+                pos = pos.expand(3, -1)
+            pos_parts.append(pos)
+            bt = seq.block_table
+            if n == 1:
+                single_slots.append(bt[start // bs] * bs + start % bs)
+                singles_bt.append(bt)
+                singles_len.append(end)
+            else:
+                p = torch.arange(start, end)
+                slots.append(torch.tensor(bt)[p // bs] * bs + p % bs)
+                prefills.append((flat, n, end, list(bt)))
+            for off, emb in seq.embedding_slices(start, end):
+                embeddings.append((flat + off, emb))
+            if all_logits:
+                logit_rows.extend(range(flat, flat + n))
+                sample_seqs.append(seq)
+            elif c.samples:
+                logit_rows.append(flat + n - 1)
+                sample_seqs.append(seq)
+        max_blocks = max((len(b) for b in singles_bt), default=0)
+        table = torch.zeros(len(singles_bt), max_blocks, dtype=torch.int64)
+        for i, b in enumerate(singles_bt):
+            table[i, : len(b)] = torch.tensor(b)
+        slot_mapping = torch.tensor(single_slots, dtype=torch.int64)
+        if slots:
+            slot_mapping = torch.cat([slot_mapping, *slots])
+        positions = torch.cat(pos_parts, dim=-1) if len(pos_parts) > 1 else pos_parts[0]
+        inputs = StepInputs(
+            input_ids=torch.tensor(ids, dtype=torch.int64),
+            positions=positions.to(torch.int64),
+            slot_mapping=slot_mapping,
+            num_single=len(singles_bt),
+            single_block_tables=table,
+            single_context_lens=torch.tensor(singles_len, dtype=torch.int32),
+            prefills=prefills,
+            logits_indices=torch.tensor(logit_rows, dtype=torch.int64),
+            embeddings=embeddings,
+            zero_blocks=list(zero_blocks),
+        )
+        return inputs, sample_seqs
+
+    def _context(self, inp: StepInputs) -> AttentionContext:
+        dev = self.device
+        bs = self.block_size
+        ctx = AttentionContext(kv_caches=self.kv_caches, slot_mapping=inp.slot_mapping.to(dev))
+        n = inp.num_single
+        if n:
+            ctx.num_single = n
+            ctx.single_block_tables = inp.single_block_tables.to(dev)
+            lens = inp.single_context_lens.to(dev)
+            ctx.single_context_lens = lens
+            width = inp.single_block_tables.shape[1] * bs
+            ctx.single_mask = (torch.arange(width, device=dev)[None, :] < lens[:, None])[:, None, None, :]
+        for start, length, context_len, bt in inp.prefills:
+            mask = None
+            if context_len > length:
+                q = torch.arange(length, device=dev)[:, None] + (context_len - length)
+                mask = torch.arange(context_len, device=dev)[None, :] <= q
+            ctx.prefills.append(PrefillChunk(start, length, context_len, torch.tensor(bt, device=dev), mask))
+        if getattr(getattr(self.model, "model", None), "rotary_emb", None) is not None and getattr(
+            self.model.model.rotary_emb, "dynamic", False
+        ):
+            lens = [int(x) for x in inp.single_context_lens.tolist()] + [p[2] for p in inp.prefills]
+            reps = [1] * n + [p[1] for p in inp.prefills]
+            ctx.seq_lens = torch.repeat_interleave(torch.tensor(lens), torch.tensor(reps)).to(dev)
+        return ctx
+
+    # -- forward --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def execute(self, inp: StepInputs) -> torch.Tensor | None:
+        """Run one step; logits ``[N, vocab]`` (fp32) on rank 0, ``None`` on workers."""
+        if self.workers:
+            self.workers.send("step", inp)
+        try:
+            return self._forward(inp)
+        except RuntimeError as e:
+            if self.workers:
+                from vlkit.distributed import WorkerDiedError
+
+                try:
+                    self.workers.check_alive()
+                except WorkerDiedError:
+                    raise
+                raise WorkerDiedError(f"tensor-parallel step failed: {e}") from e
+            raise
+
+    def _forward(self, inp: StepInputs) -> torch.Tensor | None:
+        dev = self.device
+        if inp.zero_blocks:
+            idx = torch.tensor(inp.zero_blocks, device=dev)
+            for c in self.kv_caches:
+                c[:, idx] = 0
+        ctx = self._context(inp)
+        x = self.model.embed_tokens(inp.input_ids.to(dev))
+        for off, emb in inp.embeddings:
+            x[off : off + emb.shape[0]] = emb.to(device=dev, dtype=x.dtype)
+        hidden = self.model(x, inp.positions.to(dev), ctx)
+        if inp.logits_indices.numel() == 0:
+            return None
+        logits = self.model.compute_logits(hidden[inp.logits_indices.to(dev)])
+        return None if logits is None else logits.float()
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self.workers.close()
+            self.workers = None

@@ -1,0 +1,120 @@
+"""Continuous batching: which tokens of which sequences run in the next step.
+
+Each step, under a token budget (``max_prefill_token_num``) and at most ``max_batch_size``
+sequences:
+
+1. running sequences, oldest first, get their next tokens: one for a decode, or the next chunk
+   of a long prompt (chunked prefill). When blocks run out, the most recently arrived running
+   sequence is preempted: its blocks are freed and it goes back to the front of the waiting
+   queue, to be recomputed later (preemption by recompute);
+2. if nothing was preempted, waiting sequences join, oldest first, each starting after the
+   blocks the prefix cache already holds for it.
+
+Tokens of all scheduled sequences are packed into one flat batch by the runner; nothing is
+padded. A sequence that cannot grow even with the whole cache to itself finishes with
+``"length"``.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+
+from vlkit.engine.block_manager import BlockManager
+from vlkit.engine.sequence import ScheduledChunk, Sequence, SequenceStatus
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_batch_size: int, max_num_batched_tokens: int):
+        self.bm = block_manager
+        self.max_batch_size = max_batch_size
+        self.token_budget = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []  # sorted by arrival
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def remove(self, seq: Sequence) -> None:
+        """Take ``seq`` out (finished or aborted) and free its blocks."""
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
+        self.bm.free(seq)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.running.remove(seq)
+        self.bm.free(seq)
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def schedule(self) -> tuple[list[ScheduledChunk], list[Sequence]]:
+        """The chunks to run this step, and sequences that must finish for lack of cache."""
+        budget = self.token_budget
+        chunks: list[ScheduledChunk] = []
+        out_of_cache: list[Sequence] = []
+        preempted = False
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            while not self.bm.can_append(seq, n):
+                if len(self.running) == 1 and not chunks:
+                    # Alone and the whole cache is not enough: it can never continue.
+                    self.running.remove(seq)
+                    self.bm.free(seq)
+                    out_of_cache.append(seq)
+                    break
+                victim = self.running[-1]
+                self._preempt(victim)
+                preempted = True
+                if victim is seq:
+                    break
+            else:
+                self.bm.append(seq, n)
+                chunks.append(ScheduledChunk(seq, n, seq.num_computed_tokens + n == seq.num_tokens))
+                budget -= n
+                i += 1
+                continue
+            # seq was preempted or dropped: running[i] is now the next one (or the list ended)
+            if seq in self.running:
+                i += 1
+        if preempted:
+            return chunks, out_of_cache
+        while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
+            seq = self.waiting[0]
+            if not seq.block_table:
+                cached = self.bm.match_prefix(seq)
+                if not seq.admitted:
+                    seq.num_cached_tokens = cached
+            n = min(seq.num_tokens - seq.num_computed_tokens, budget)
+            if not self.bm.can_append(seq, n):
+                if not self.running and not chunks and n == seq.num_tokens - seq.num_computed_tokens:
+                    # Even an empty cache cannot hold it.
+                    self.waiting.popleft()
+                    self.bm.free(seq)
+                    out_of_cache.append(seq)
+                    continue
+                self.bm.free(seq)  # give back prefix blocks it was holding
+                break
+            self.waiting.popleft()
+            seq.status = SequenceStatus.RUNNING
+            seq.admitted = True
+            self.bm.append(seq, n)
+            bisect.insort(self.running, seq, key=lambda s: s.arrival)
+            chunks.append(ScheduledChunk(seq, n, seq.num_computed_tokens + n == seq.num_tokens))
+            budget -= n
+        return chunks, out_of_cache
+
+    def finish_step(self, chunks: list[ScheduledChunk]) -> None:
+        """Mark the chunks' tokens computed and key their full blocks for the prefix cache."""
+        for c in chunks:
+            c.seq.num_computed_tokens += c.num_tokens
+            self.bm.register_computed(c.seq)

@@ -1,0 +1,140 @@
+"""Attention over the paged KV cache.
+
+The engine packs the tokens of every scheduled sequence into one flat batch of ``T`` tokens
+(no padding). Sequences that contribute a single token this step (decodes, and one-token
+prefill chunks) come first; their attention runs as one batched SDPA over their gathered KV
+blocks with a length mask. Each longer prefill chunk then runs its own SDPA: causal over the
+chunk, plus everything already in the cache for that sequence.
+
+KV cache layout, one tensor per layer: ``[2, num_blocks, block_size, num_kv_heads, head_dim]``
+(``[0]`` keys, ``[1]`` values); token ``p`` of a sequence lives in slot
+``block_table[p // block_size] * block_size + p % block_size``.
+
+With ``flash_attn`` importable and the cache on CUDA, :func:`paged_attention` uses its
+``flash_attn_with_kvcache`` / ``flash_attn_varlen_func`` kernels instead (flash-attn's paged
+kernel needs ``block_size`` to be a multiple of 256).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional CUDA kernels
+    from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache  # type: ignore
+except Exception:  # pragma: no cover - not installed on CPU machines
+    flash_attn_varlen_func = flash_attn_with_kvcache = None
+
+
+@dataclass
+class PrefillChunk:
+    """One sequence's multi-token chunk inside the flat batch."""
+
+    start: int  # first token of the chunk in the flat batch
+    length: int  # tokens in the chunk
+    context_len: int  # tokens of the sequence in the cache after this step (cached + chunk)
+    block_table: torch.Tensor  # [num_blocks_of_seq] int64
+    mask: torch.Tensor | None = None  # [length, context_len] bool when part of the context was cached
+
+
+@dataclass
+class AttentionContext:
+    """Everything attention layers need for one forward, built once per step by the runner.
+
+    Attributes:
+        kv_caches: one ``[2, num_blocks, block_size, kv_heads, head_dim]`` tensor per layer.
+        slot_mapping: ``[T]`` cache slot of every token in the flat batch.
+        num_single: how many leading tokens are one-token sequences (decodes).
+        single_block_tables: ``[num_single, max_blocks]`` (padded with block 0).
+        single_mask: ``[num_single, 1, 1, max_blocks * block_size]`` True where the key exists.
+        single_context_lens: ``[num_single]`` int32 (for flash-attn).
+        prefills: the multi-token chunks, in flat-batch order after the single tokens.
+        seq_lens: ``[T]`` length of each token's sequence after this step (dynamic RoPE only).
+    """
+
+    kv_caches: list[torch.Tensor]
+    slot_mapping: torch.Tensor
+    num_single: int = 0
+    single_block_tables: torch.Tensor | None = None
+    single_mask: torch.Tensor | None = None
+    single_context_lens: torch.Tensor | None = None
+    prefills: list[PrefillChunk] = field(default_factory=list)
+    seq_lens: torch.Tensor | None = None
+
+
+def write_kv(cache: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+    """Store this step's keys/values ``[T, kv_heads, head_dim]`` at their slots."""
+    flat = cache.view(2, -1, cache.shape[-2], cache.shape[-1])
+    flat[0].index_copy_(0, slots, k)
+    flat[1].index_copy_(0, slots, v)
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    ctx: AttentionContext,
+    layer_idx: int,
+    scale: float,
+) -> torch.Tensor:
+    """Attention of ``q`` ``[T, heads, D]`` over the cache, after storing ``k``, ``v`` ``[T, kv_heads, D]``.
+
+    Returns ``[T, heads, D]``. Grouped-query attention is handled (``heads`` a multiple of
+    ``kv_heads``).
+    """
+    cache = ctx.kv_caches[layer_idx]
+    write_kv(cache, ctx.slot_mapping, k, v)
+    if flash_attn_with_kvcache is not None and q.is_cuda and cache.shape[2] % 256 == 0:
+        return _flash_attention(q, k, v, ctx, cache, scale)
+    out = torch.empty_like(q)
+    n = ctx.num_single
+    if n:
+        kv = cache[:, ctx.single_block_tables]  # [2, n, max_blocks, block_size, kvh, D]
+        kv = kv.flatten(2, 3).transpose(2, 3)  # [2, n, kvh, L, D]
+        o = F.scaled_dot_product_attention(
+            q[:n].unsqueeze(2), kv[0], kv[1], attn_mask=ctx.single_mask, scale=scale, enable_gqa=True
+        )
+        out[:n] = o.squeeze(2)
+    for c in ctx.prefills:
+        s, e = c.start, c.start + c.length
+        qs = q[s:e].transpose(0, 1)
+        if c.mask is None:  # nothing cached before this chunk: attend to the chunk itself
+            ks, vs = k[s:e].transpose(0, 1), v[s:e].transpose(0, 1)
+            o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
+        else:
+            kv = cache[:, c.block_table].flatten(1, 2)[:, : c.context_len].transpose(1, 2)
+            o = F.scaled_dot_product_attention(qs, kv[0], kv[1], attn_mask=c.mask, scale=scale, enable_gqa=True)
+        out[s:e] = o.transpose(0, 1)
+    return out
+
+
+def _flash_attention(q, k, v, ctx: AttentionContext, cache: torch.Tensor, scale: float) -> torch.Tensor:
+    # pragma: no cover - needs CUDA + flash_attn
+    out = torch.empty_like(q)
+    n = ctx.num_single
+    if n:
+        o = flash_attn_with_kvcache(
+            q[:n].unsqueeze(1),
+            cache[0],
+            cache[1],
+            cache_seqlens=ctx.single_context_lens,
+            block_table=ctx.single_block_tables.to(torch.int32),
+            softmax_scale=scale,
+            causal=True,
+        )
+        out[:n] = o.squeeze(1)
+    for c in ctx.prefills:
+        s, e = c.start, c.start + c.length
+        if c.mask is None:
+            ks, vs = k[s:e], v[s:e]
+        else:
+            kv = cache[:, c.block_table].flatten(1, 2)[:, : c.context_len]
+            ks, vs = kv[0], kv[1]
+        cu_q = torch.tensor([0, c.length], dtype=torch.int32, device=q.device)
+        cu_k = torch.tensor([0, ks.shape[0]], dtype=torch.int32, device=q.device)
+        out[s:e] = flash_attn_varlen_func(
+            q[s:e], ks, vs, cu_q, cu_k, c.length, ks.shape[0], softmax_scale=scale, causal=True
+        )
+    return out

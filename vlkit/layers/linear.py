@@ -1,0 +1,186 @@
+"""Linear layers, plain and tensor-parallel, each with the ``weight_loader`` that slices its shard.
+
+Every parameter gets a ``weight_loader(param, loaded_weight, shard_id=None)`` attribute: it takes
+the *full* checkpoint tensor, checks its shape (raising :class:`vlkit.loader.WeightShapeError`
+naming the expected full shape), slices this rank's part and copies it in. Packed layers (merged
+gate/up, fused QKV) take a ``shard_id`` naming which part the tensor is, and list the shard ids
+they expect in ``param.shard_ids`` so the loader can report a missing one.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlkit.distributed import all_reduce, tp_rank, tp_world_size
+from vlkit.loader import WeightShapeError
+
+
+def check_weight_shape(param: nn.Parameter, expected: tuple[int, ...], got: torch.Tensor) -> None:
+    if tuple(got.shape) != tuple(expected):
+        raise WeightShapeError(tuple(expected), tuple(got.shape))
+
+
+def _copy(param: nn.Parameter, dst: torch.Tensor, src: torch.Tensor) -> None:
+    with torch.no_grad():
+        dst.copy_(src)
+
+
+def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+    """Copy a replicated tensor whole."""
+    check_weight_shape(param, tuple(param.shape), loaded)
+    _copy(param, param.data, loaded)
+
+
+class ReplicatedLinear(nn.Module):
+    """``y = x W^T + b``, the same on every rank."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_features, in_features))
+        self.weight.weight_loader = default_weight_loader
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features))
+            self.bias.weight_loader = default_weight_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class ColumnParallelLinear(nn.Module):
+    """Output features split over ranks: each rank computes ``out_features / tp`` of ``y``."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.tp_rank, self.tp_size = tp_rank(), tp_world_size()
+        if out_features % self.tp_size:
+            raise ValueError(f"out_features {out_features} is not divisible by tp={self.tp_size}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.out_per_rank = out_features // self.tp_size
+        self.weight = nn.Parameter(torch.empty(self.out_per_rank, in_features))
+        self.weight.weight_loader = self.weight_loader
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_per_rank))
+            self.bias.weight_loader = self.weight_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        full = (self.out_features,) + tuple(param.shape[1:])
+        check_weight_shape(param, full, loaded)
+        n = self.out_per_rank
+        _copy(param, param.data, loaded.narrow(0, self.tp_rank * n, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel projections of the same input in one matmul (e.g. gate and up).
+
+    Checkpoint tensors come separately with ``shard_id`` = their index in ``output_sizes``;
+    each rank's weight is ``[part0_rank, part1_rank, ...]`` stacked along the output dim.
+    """
+
+    def __init__(self, in_features: int, output_sizes: list[int], bias: bool = False):
+        self.output_sizes = list(output_sizes)
+        super().__init__(in_features, sum(output_sizes), bias)
+        for p in self.parameters():
+            p.shard_ids = tuple(range(len(self.output_sizes)))
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        if shard_id is None:  # already merged in the checkpoint
+            return super().weight_loader(param, loaded)
+        size = self.output_sizes[shard_id]
+        check_weight_shape(param, (size,) + tuple(param.shape[1:]), loaded)
+        n = size // self.tp_size
+        offset = sum(self.output_sizes[:shard_id]) // self.tp_size
+        _copy(param, param.data.narrow(0, offset, n), loaded.narrow(0, self.tp_rank * n, n))
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """Fused query/key/value projection, split over ranks by attention head.
+
+    Each rank holds ``num_heads / tp`` query heads and ``num_kv_heads / tp`` key/value heads
+    (key/value heads are replicated when ``tp > num_kv_heads``). ``shard_id`` is ``"q"``,
+    ``"k"`` or ``"v"``.
+    """
+
+    def __init__(self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False):
+        tp = tp_world_size()
+        if num_heads % tp:
+            raise ValueError(f"num_attention_heads {num_heads} is not divisible by tp={tp}")
+        if num_kv_heads % tp and tp % num_kv_heads:
+            raise ValueError(f"num_key_value_heads {num_kv_heads} and tp={tp} do not divide")
+        self.head_dim = head_dim
+        self.total_num_heads = num_heads
+        self.total_num_kv_heads = num_kv_heads
+        self.num_heads = num_heads // tp
+        self.num_kv_heads = max(1, num_kv_heads // tp)
+        self.kv_replicas = max(1, tp // num_kv_heads)
+        out = (self.num_heads + 2 * self.num_kv_heads) * head_dim * tp
+        super().__init__(hidden_size, out, bias)
+        for p in self.parameters():
+            p.shard_ids = ("q", "k", "v")
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        d = self.head_dim
+        q_size, kv_size = self.num_heads * d, self.num_kv_heads * d
+        if shard_id is None:  # a fused checkpoint tensor laid out [q | k | v]
+            full_q, full_kv = self.total_num_heads * d, self.total_num_kv_heads * d
+            check_weight_shape(param, (full_q + 2 * full_kv,) + tuple(param.shape[1:]), loaded)
+            q, k, v = loaded.split([full_q, full_kv, full_kv], dim=0)
+            for sid, t in (("q", q), ("k", k), ("v", v)):
+                self.weight_loader(param, t, sid)
+            return
+        if shard_id == "q":
+            check_weight_shape(param, (self.total_num_heads * d,) + tuple(param.shape[1:]), loaded)
+            src = loaded.narrow(0, self.tp_rank * q_size, q_size)
+            dst = param.data.narrow(0, 0, q_size)
+        else:
+            check_weight_shape(param, (self.total_num_kv_heads * d,) + tuple(param.shape[1:]), loaded)
+            kv_rank = self.tp_rank // self.kv_replicas
+            src = loaded.narrow(0, kv_rank * kv_size, kv_size)
+            offset = q_size if shard_id == "k" else q_size + kv_size
+            dst = param.data.narrow(0, offset, kv_size)
+        _copy(param, dst, src)
+
+
+class RowParallelLinear(nn.Module):
+    """Input features split over ranks; partial products are summed with an all-reduce.
+
+    The input is expected already split (the output of a column-parallel layer). The bias is
+    added once, after the reduction.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.tp_rank, self.tp_size = tp_rank(), tp_world_size()
+        if in_features % self.tp_size:
+            raise ValueError(f"in_features {in_features} is not divisible by tp={self.tp_size}")
+        self.in_features = in_features
+        self.in_per_rank = in_features // self.tp_size
+        self.weight = nn.Parameter(torch.empty(out_features, self.in_per_rank))
+        self.weight.weight_loader = self.weight_loader
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features))
+            self.bias.weight_loader = default_weight_loader
+        else:
+            self.register_parameter("bias", None)
+
+    def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
+        check_weight_shape(param, (param.shape[0], self.in_features), loaded)
+        n = self.in_per_rank
+        _copy(param, param.data, loaded.narrow(1, self.tp_rank * n, n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp_size == 1:
+            return F.linear(x, self.weight, self.bias)
+        y = all_reduce(F.linear(x, self.weight))
+        if self.bias is not None:
+            y = y + self.bias
+        return y

@@ -1,0 +1,150 @@
+"""Checkpoint reading: safetensors or ``.bin``, single or sharded, mapped to backbone names.
+
+- :func:`iter_checkpoint_tensors` yields ``(name, tensor)`` from a directory holding
+  ``model.safetensors``, ``model.safetensors.index.json`` + shards, ``pytorch_model.bin`` or
+  ``pytorch_model.bin.index.json`` + shards (``torch.load(weights_only=True)``).
+- :func:`load_backbone` builds the backbone a :class:`LanguageModelSpec` names and loads its
+  weights through ``spec.rename``; each parallel layer slices its tensor-parallel shard as it
+  copies. Missing or misshaped tensors raise :class:`WeightLoadError` naming them.
+- :func:`text_model_spec` builds the spec of a plain text checkpoint from its ``config.json``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # keep torch out of module import for cheap spec building
+    import torch
+
+    from vlkit.models.base import LanguageBackbone
+    from vlkit.models.spec import LanguageModelSpec
+
+
+class WeightShapeError(ValueError):
+    """A checkpoint tensor's shape differs from what the parameter expects."""
+
+    def __init__(self, expected: tuple, got: tuple):
+        super().__init__(f"expected shape {expected}, got {got}")
+        self.expected, self.got = expected, got
+
+
+class WeightLoadError(ValueError):
+    """The checkpoint does not fit the backbone: tensors missing or of the wrong shape."""
+
+    def __init__(self, model: str, missing: list[tuple[str, tuple]], misshaped: list[tuple[str, tuple, tuple]]):
+        self.missing, self.misshaped = missing, misshaped
+        parts = []
+        if misshaped:
+            shown = "; ".join(f"{n} (expected {e}, got {g})" for n, e, g in misshaped[:5])
+            more = f" and {len(misshaped) - 5} more" if len(misshaped) > 5 else ""
+            parts.append(f"{len(misshaped)} tensor(s) with the wrong shape: {shown}{more}")
+        if missing:
+            shown = "; ".join(f"{n} (expected shape {s})" for n, s in missing[:5])
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            parts.append(f"{len(missing)} tensor(s) missing: {shown}{more}")
+        super().__init__(f"checkpoint does not match {model}: " + "; ".join(parts))
+
+
+def checkpoint_files(model_path: str) -> tuple[str, list[str]]:
+    """``("safetensors" | "bin", [files])`` of the weights in ``model_path``."""
+    for kind, index, single in (
+        ("safetensors", "model.safetensors.index.json", "model.safetensors"),
+        ("bin", "pytorch_model.bin.index.json", "pytorch_model.bin"),
+    ):
+        index_path = os.path.join(model_path, index)
+        if os.path.isfile(index_path):
+            with open(index_path) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            return kind, [os.path.join(model_path, s) for s in shards]
+        if os.path.isfile(os.path.join(model_path, single)):
+            return kind, [os.path.join(model_path, single)]
+    found = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
+    if found:
+        return "safetensors", found
+    found = sorted(glob.glob(os.path.join(model_path, "*.bin")))
+    found = [f for f in found if not os.path.basename(f).startswith("training_args")]
+    if found:
+        return "bin", found
+    raise FileNotFoundError(f"no safetensors or pytorch_model.bin weights in {model_path}")
+
+
+def iter_checkpoint_tensors(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor of the checkpoint in ``model_path``, shard by shard."""
+    import torch
+
+    kind, files = checkpoint_files(model_path)
+    for path in files:
+        if kind == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    yield name, f.get_tensor(name)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            yield from state.items()
+            del state
+
+
+def iter_spec_weights(spec: LanguageModelSpec) -> Iterator[tuple[str, torch.Tensor]]:
+    """The checkpoint tensors of the language model, renamed through ``spec.rename``."""
+    for name, tensor in iter_checkpoint_tensors(spec.model_path):
+        new = spec.rename(name)
+        if new is not None:
+            yield new, tensor
+
+
+@contextmanager
+def _default_dtype(dtype):
+    import torch
+
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def load_backbone(spec: LanguageModelSpec, device: Any = "cpu", dtype: Any = None) -> LanguageBackbone:
+    """Build ``spec.architecture``'s backbone on ``device`` in ``dtype`` and load its weights.
+
+    Under tensor parallelism call it on every rank after :func:`vlkit.distributed.init_tp`:
+    each rank keeps its own slice.
+    """
+    import torch
+
+    from vlkit.models.backbones import get_backbone_class
+
+    cls = get_backbone_class(spec.architecture)
+    dtype = dtype or torch.float32
+    with torch.device(device), _default_dtype(dtype):
+        model = cls(dict(spec.config))
+    model.load_weights(iter_spec_weights(spec))
+    return model.eval()
+
+
+def read_config(model_path: str) -> dict[str, Any]:
+    path = os.path.join(model_path, "config.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config.json in {model_path}")
+    with open(path) as f:
+        return json.load(f)
+
+
+def text_model_spec(model_path: str) -> LanguageModelSpec:
+    """The :class:`LanguageModelSpec` of a plain text checkpoint directory (from its config.json)."""
+    from vlkit.models.backbones import MODEL_TYPES
+    from vlkit.models.spec import LanguageModelSpec
+
+    config = read_config(model_path)
+    archs = config.get("architectures") or []
+    arch = archs[0] if archs else MODEL_TYPES.get(config.get("model_type", ""))
+    if not arch:
+        raise ValueError(f"{model_path}/config.json names no architectures and no known model_type")
+    return LanguageModelSpec(architecture=arch, config=config, model_path=os.path.abspath(model_path))

@@ -1,0 +1,1 @@
+"""Language backbones shared by the families (no torch import here: see :mod:`vlkit.models.backbones`)."""
