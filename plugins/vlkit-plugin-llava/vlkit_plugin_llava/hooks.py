@@ -1,0 +1,129 @@
+"""vlkit hook implementations of the LLaVA plugin (the ``vlkit`` entry point).
+
+Three families, one per checkpoint layout:
+
+* ``llava`` — ``LlavaForConditionalGeneration`` (llava-hf/llava-1.5-*-hf);
+* ``llava-next`` — ``LlavaNextForConditionalGeneration`` (llava-hf/llava-v1.6-*-hf);
+* ``llava-original`` — ``LlavaLlamaForCausalLM`` (liuhaotian/llava-v1.5-*, llava-v1.6-vicuna-*).
+
+This module imports no torch and no transformers: model code loads inside the hooks.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vlkit.hookspecs import hookimpl
+from vlkit.registry import ModelFamily
+from vlkit_plugin_llava.layout import HF_LLAVA, HF_LLAVA_NEXT, ORIGINAL_LLAVA
+
+FAMILY_LLAVA = "llava"
+FAMILY_NEXT = "llava-next"
+FAMILY_ORIGINAL = "llava-original"
+_FAMILIES = (FAMILY_LLAVA, FAMILY_NEXT, FAMILY_ORIGINAL)
+
+
+def _template(name: str) -> str:
+    return str(resources.files("vlkit_plugin_llava").joinpath("templates", f"{name}.jinja"))
+
+
+def _core_template(name: str) -> str:
+    return str(resources.files("vlkit").joinpath("templates", f"{name}.jinja"))
+
+
+def _factory(name: str) -> Any:
+    def tiny_checkpoint(directory: str | Path, **options: Any) -> Path:
+        from vlkit_plugin_llava import checkpoints
+
+        return getattr(checkpoints, name)(directory, **options)
+
+    tiny_checkpoint.__name__ = name
+    tiny_checkpoint.__doc__ = f"Write a tiny random-weight checkpoint (vlkit_plugin_llava.checkpoints.{name})."
+    return tiny_checkpoint
+
+
+@hookimpl
+def vlkit_register_families() -> list[ModelFamily]:
+    return [
+        ModelFamily(
+            name=FAMILY_LLAVA,
+            architectures=(HF_LLAVA,),
+            chat_templates={"llava-hf": _template("llava-hf"), "llava-v1": _core_template("llava-v1")},
+            tiny_checkpoint=_factory("tiny_llava"),
+            description="LLaVA-1.5 in transformers' format (llava-hf/llava-1.5-7b-hf)",
+        ),
+        ModelFamily(
+            name=FAMILY_NEXT,
+            architectures=(HF_LLAVA_NEXT,),
+            chat_templates={
+                "llava-next-vicuna-hf": _template("llava-next-vicuna-hf"),
+                "llava-v1": _core_template("llava-v1"),
+            },
+            tiny_checkpoint=_factory("tiny_llava_next"),
+            description="LLaVA-NeXT / 1.6 in transformers' format, anyres tiling (llava-hf/llava-v1.6-vicuna-7b-hf)",
+        ),
+        ModelFamily(
+            name=FAMILY_ORIGINAL,
+            architectures=(ORIGINAL_LLAVA,),
+            chat_templates={"llava-v1": _core_template("llava-v1"), "vicuna-v1": _core_template("vicuna-v1")},
+            tiny_checkpoint=_factory("tiny_llava_original"),
+            description="LLaVA-1.5 / 1.6 in the original repository's layout (liuhaotian/llava-v1.5-7b)",
+        ),
+    ]
+
+
+def _ours(family: Any) -> bool:
+    return getattr(family, "name", None) in _FAMILIES
+
+
+@hookimpl
+def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> Any:
+    if not _ours(family):
+        return None
+    from vlkit_plugin_llava.vision import LlavaVisionModel
+
+    return LlavaVisionModel(family, hf_config, model_path, vision_config)
+
+
+@hookimpl
+def vlkit_chat_template_wrapper(
+    family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any, chat_template_config: Any
+) -> Any:
+    if not _ours(family):
+        return None
+    from vlkit_plugin_llava.chat import LlavaHFChatTemplate, LlavaOriginalChatTemplate
+
+    cls = LlavaOriginalChatTemplate if family.name == FAMILY_ORIGINAL else LlavaHFChatTemplate
+    return cls(family, hf_config, model_path, tokenizer, chat_template_config)
+
+
+@hookimpl
+def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path: Path) -> Any:
+    """The original layout is a LLaMA checkpoint with extra ``model.mm_*`` tensors.
+
+    transformers' layouts are left to the core's default (``text_config`` and the
+    ``language_model.`` / ``model.language_model.`` prefixes).
+    """
+    if not _ours(family) or family.name != FAMILY_ORIGINAL:
+        return None
+    from vlkit.models.spec import LanguageModelSpec
+
+    drop = {
+        "mm_vision_tower", "mm_hidden_size", "mm_projector_type", "mm_vision_select_layer",
+        "mm_vision_select_feature", "mm_patch_merge_type", "mm_use_im_start_end", "mm_use_im_patch_token",
+        "mm_projector_lr", "mm_vision_tower_lr", "image_aspect_ratio", "image_grid_pinpoints",
+        "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower", "use_mm_proj",
+        "tokenizer_model_max_length", "tokenizer_padding_side",
+    }
+    config = {k: v for k, v in hf_config.items() if k not in drop}
+    config["model_type"] = "llama"
+    config["architectures"] = ["LlamaForCausalLM"]
+    return LanguageModelSpec(
+        architecture="LlamaForCausalLM",
+        config=config,
+        model_path=str(model_path),
+        weight_prefixes=(("model.", "model."), ("lm_head.", "lm_head.")),
+        exclude_prefixes=("model.mm_projector.", "model.vision_tower.", "model.image_newline"),
+    )

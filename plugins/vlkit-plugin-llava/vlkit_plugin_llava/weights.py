@@ -1,0 +1,91 @@
+"""Read only the tensors the vision side needs from a checkpoint directory.
+
+Handles ``model.safetensors``, ``model.safetensors.index.json`` + shards, ``pytorch_model.bin``
+and ``pytorch_model.bin.index.json`` + shards. With an index only the shards holding wanted
+tensors are opened; safetensors files are read tensor by tensor, so the language model's
+weights are never loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+_SINGLE = (("safetensors", "model.safetensors"), ("bin", "pytorch_model.bin"))
+_INDEX = (("safetensors", "model.safetensors.index.json"), ("bin", "pytorch_model.bin.index.json"))
+
+
+def weight_files(model_dir: Path) -> tuple[str, dict[str, list[str]] | None, list[Path]]:
+    """``(kind, weight_map_by_file or None, files)`` of the weights in ``model_dir``."""
+    model_dir = Path(model_dir)
+    for kind, name in _INDEX:
+        index = model_dir / name
+        if index.is_file():
+            weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
+            by_file: dict[str, list[str]] = {}
+            for tensor, file in weight_map.items():
+                by_file.setdefault(file, []).append(tensor)
+            return kind, by_file, [model_dir / f for f in sorted(by_file)]
+    for kind, name in _SINGLE:
+        if (model_dir / name).is_file():
+            return kind, None, [model_dir / name]
+    found = sorted(model_dir.glob("*.safetensors"))
+    if found:
+        return "safetensors", None, found
+    found = [p for p in sorted(model_dir.glob("*.bin")) if not p.name.startswith("training_args")]
+    if found:
+        return "bin", None, found
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin weights in {model_dir}")
+
+
+def tensor_names(model_dir: Path) -> list[str]:
+    """Every tensor name in the checkpoint (reads only headers / the index for safetensors)."""
+    kind, by_file, files = weight_files(model_dir)
+    if by_file is not None:
+        return [n for names in by_file.values() for n in names]
+    names: list[str] = []
+    for path in files:
+        if kind == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                names.extend(f.keys())
+        else:
+            names.extend(_load_bin(path).keys())
+    return names
+
+
+def read_tensors(model_dir: Path, select: Callable[[str], str | None]) -> dict[str, Any]:
+    """``{new_name: tensor}`` for every checkpoint tensor ``select(name)`` maps to a name.
+
+    ``select`` returns ``None`` for tensors to skip.
+    """
+    kind, by_file, files = weight_files(model_dir)
+    out: dict[str, Any] = {}
+    for path in files:
+        if by_file is not None and not any(select(n) is not None for n in by_file[path.name]):
+            continue
+        if kind == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    new = select(name)
+                    if new is not None:
+                        out[new] = f.get_tensor(name)
+        else:
+            state = _load_bin(path)
+            for name, tensor in state.items():
+                new = select(name)
+                if new is not None:
+                    out[new] = tensor
+            del state
+    return out
+
+
+def _load_bin(path: Path) -> dict[str, Any]:
+    import torch
+
+    return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
