@@ -136,6 +136,10 @@ def _original_layout(cfg: dict[str, Any]) -> LlavaLayout:
         raise LlavaConfigError("config.json mm_vision_tower: missing (the original LLaVA layout names its CLIP tower there)")
     if "hidden_size" not in cfg:
         raise LlavaConfigError("config.json hidden_size: missing")
+    if cfg.get("mm_use_im_start_end"):
+        raise LlavaConfigError(
+            "config.json mm_use_im_start_end: true is not supported (no released LLaVA-1.5/1.6 checkpoint uses it)"
+        )
     select = cfg.get("mm_vision_select_feature", "patch")
     if select not in ("patch", "cls_patch"):
         raise LlavaConfigError(f"config.json mm_vision_select_feature: unknown value {select!r}")

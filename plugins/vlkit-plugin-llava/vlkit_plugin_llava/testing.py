@@ -1,0 +1,133 @@
+"""References for the conformance suite (test support; imports transformers).
+
+* llava-hf layouts: :class:`vlkit.testing.conformance.TransformersReference` with
+  ``LlavaForConditionalGeneration`` / ``LlavaNextForConditionalGeneration``.
+* the original layout: :class:`OriginalLlavaReference` — the transformers twin written from
+  the same weights, fed the prompt and pixels the ORIGINAL LLaVA code makes, re-derived here
+  from LLaVA's ``conversation.py`` / ``mm_utils.py`` without using this plugin's code:
+  ``conv_llava_v1`` (``SeparatorStyle.TWO``, sep " ", sep2 "</s>", the "human" system
+  prompt), ``tokenizer_image_token`` (text between ``<image>`` markers tokenized chunk by
+  chunk), 1.5 ``pad`` preprocessing (transformers' ``LlavaImageProcessor(do_pad=True)``, which
+  pads with the mean colour exactly as ``expand2square``) and 1.6 ``anyres`` (transformers'
+  ``LlavaNextImageProcessor`` with the pinpoints turned from (w, h) to (h, w)).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vlkit.testing.conformance import Reference
+
+LLAVA_V1_SYSTEM = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+
+
+def llava_v1_prompt(messages: list[dict[str, Any]], system: str = LLAVA_V1_SYSTEM) -> str:
+    """LLaVA's ``conv_llava_v1.get_prompt()`` after ``append_message(ASSISTANT, None)``.
+
+    Each image of a user message is written ``<image>\\n`` before its text, as LLaVA's
+    ``DEFAULT_IMAGE_TOKEN + "\\n" + qs``.
+    """
+    if messages and messages[0]["role"] == "system":
+        system = "".join(p["text"] for p in messages[0]["content"] if p["type"] == "text")
+        messages = messages[1:]
+    seps = [" ", "</s>"]
+    ret = system + seps[0]
+    turns = [(m["role"], m["content"]) for m in messages] + [("assistant", None)]
+    for i, (role, content) in enumerate(turns):
+        name = "USER" if role == "user" else "ASSISTANT"
+        if content:
+            n_img = sum(1 for p in content if p["type"] == "image")
+            text = "".join(p["text"] for p in content if p["type"] == "text")
+            ret += name + ": " + "<image>\n" * n_img + text + seps[i % 2]
+        else:
+            ret += name + ":"
+    return ret
+
+
+def tokenizer_image_token(prompt: str, tokenizer: Any, image_index: int = -200) -> list[int]:
+    """LLaVA's ``mm_utils.tokenizer_image_token``: chunks tokenized alone, ``image_index`` between."""
+    chunks = [tokenizer(c).input_ids for c in prompt.split("<image>")]
+    ids: list[int] = []
+    offset = 0
+    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        ids.append(chunks[0][0])
+    for i, chunk in enumerate(chunks):
+        if i > 0:
+            ids.append(image_index)
+        ids.extend(chunk[offset:])
+    return ids
+
+
+class OriginalLlavaReference:
+    """The reference for an original-layout checkpoint, through its transformers twin."""
+
+    def __init__(self, original_dir: str | Path, twin_dir: str | Path) -> None:
+        import torch
+        import transformers
+        from transformers import AutoTokenizer
+
+        self.cfg = json.loads((Path(original_dir) / "config.json").read_text())
+        self.tokenizer = AutoTokenizer.from_pretrained(str(original_dir))
+        twin_cfg = json.loads((Path(twin_dir) / "config.json").read_text())
+        self.next = self.cfg.get("image_aspect_ratio") == "anyres"
+        cls = transformers.LlavaNextForConditionalGeneration if self.next else transformers.LlavaForConditionalGeneration
+        self.model = cls.from_pretrained(str(twin_dir), dtype=torch.float32).eval()
+        self.image_token_id = int(twin_cfg["image_token_index"])
+        tower = Path(self.cfg["mm_vision_tower"])
+        pp = json.loads((tower / "preprocessor_config.json").read_text())
+        common = {
+            "size": pp["size"], "crop_size": pp["crop_size"], "image_mean": pp["image_mean"],
+            "image_std": pp["image_std"], "resample": pp.get("resample", 3),
+        }
+        if self.next:
+            pin_hw = [[h, w] for w, h in self.cfg["image_grid_pinpoints"]]
+            self.processor = _pil_processor("LlavaNextImageProcessor", image_grid_pinpoints=pin_hw, **common)
+        elif self.cfg.get("image_aspect_ratio") == "pad":
+            self.processor = _pil_processor("LlavaImageProcessor", do_pad=True, **common)
+        else:
+            self.processor = _pil_processor("CLIPImageProcessor", **common)
+
+    def __call__(self, messages: list[dict[str, Any]], max_new_tokens: int) -> Reference:
+        import torch
+
+        images = [p["image"] for m in messages for p in m["content"] if p["type"] == "image"]
+        ids = tokenizer_image_token(llava_v1_prompt(messages), self.tokenizer)
+        kwargs: dict[str, Any] = {}
+        if images:
+            px = self.processor(images=images, return_tensors="pt")
+            kwargs["pixel_values"] = px["pixel_values"]
+            if self.next:
+                kwargs["image_sizes"] = px["image_sizes"]
+            with torch.inference_mode():
+                feats = self.model.get_image_features(**kwargs).pooler_output
+            counts = [f.shape[0] for f in feats]
+            expanded: list[int] = []
+            k = 0
+            for t in ids:
+                if t == -200:
+                    expanded += [self.image_token_id] * counts[k]
+                    k += 1
+                else:
+                    expanded.append(t)
+            ids = expanded
+        input_ids = torch.tensor([ids])
+        with torch.inference_mode():
+            logits = self.model(input_ids=input_ids, **kwargs).logits[0].float()
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs,
+                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=self.tokenizer.pad_token_id,
+            )
+        return Reference(ids, self.image_token_id, out[0, len(ids):].tolist(), logits)
+
+
+def _pil_processor(name: str, **kwargs: Any) -> Any:
+    import transformers
+
+    cls = getattr(transformers, name + "Pil", None) or getattr(transformers, name)
+    return cls(**kwargs)
