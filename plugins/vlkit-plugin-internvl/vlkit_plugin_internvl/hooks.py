@@ -1,0 +1,125 @@
+"""vlkit hook implementations of the InternVL plugin (the ``vlkit`` entry point).
+
+Two families, one per checkpoint layout:
+
+* ``internvl`` — ``InternVLChatModel`` (OpenGVLab/InternVL2-1B/2B/8B, InternVL2_5-*), the
+  original layout: ``vision_model.*``, ``mlp1.*``, ``language_model.*`` (InternLM2, Qwen2 or
+  LLaMA under their own names);
+* ``internvl-hf`` — ``InternVLForConditionalGeneration`` (transformers' conversion, e.g.
+  OpenGVLab/InternVL3-1B-hf).
+
+This module imports no torch and no transformers: model code loads inside the hooks.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vlkit.hookspecs import hookimpl
+from vlkit.registry import ModelFamily
+from vlkit_plugin_internvl.layout import HF, ORIGINAL
+
+FAMILY_ORIGINAL = "internvl"
+FAMILY_HF = "internvl-hf"
+_FAMILIES = (FAMILY_ORIGINAL, FAMILY_HF)
+_ORIGINAL_TEMPLATES = ("internvl2_5", "internlm2-chat", "Hermes-2", "phi3-chat")
+
+
+def _template(name: str) -> str:
+    return str(resources.files("vlkit_plugin_internvl").joinpath("templates", f"{name}.jinja"))
+
+
+def _factory(name: str) -> Any:
+    def tiny_checkpoint(directory: str | Path, **options: Any) -> Path:
+        from vlkit_plugin_internvl import checkpoints
+
+        return getattr(checkpoints, name)(directory, **options)
+
+    tiny_checkpoint.__name__ = name
+    tiny_checkpoint.__doc__ = f"Write a tiny random-weight checkpoint (vlkit_plugin_internvl.checkpoints.{name})."
+    return tiny_checkpoint
+
+
+@hookimpl
+def vlkit_register_families() -> list[ModelFamily]:
+    return [
+        ModelFamily(
+            name=FAMILY_ORIGINAL,
+            architectures=(ORIGINAL,),
+            chat_templates={name: _template(name) for name in _ORIGINAL_TEMPLATES},
+            tiny_checkpoint=_factory("tiny_internvl_original"),
+            description="InternVL2 / InternVL2.5 in the original layout (OpenGVLab/InternVL2-8B)",
+        ),
+        ModelFamily(
+            name=FAMILY_HF,
+            architectures=(HF,),
+            chat_templates={"internvl-hf": _template("internvl-hf"),
+                            **{name: _template(name) for name in _ORIGINAL_TEMPLATES}},
+            tiny_checkpoint=_factory("tiny_internvl_hf"),
+            description="InternVL in transformers' format (OpenGVLab/InternVL3-1B-hf)",
+        ),
+    ]
+
+
+def _ours(family: Any) -> bool:
+    return getattr(family, "name", None) in _FAMILIES and getattr(family, "plugin", "internvl") in ("internvl", "")
+
+
+@hookimpl
+def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> Any:
+    if not _ours(family):
+        return None
+    from vlkit_plugin_internvl.vision import InternVLVisionModel
+
+    return InternVLVisionModel(family, hf_config, model_path, vision_config)
+
+
+@hookimpl
+def vlkit_chat_template_wrapper(
+    family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any, chat_template_config: Any
+) -> Any:
+    if not _ours(family):
+        return None
+    from vlkit_plugin_internvl.chat import InternVLChatTemplate, InternVLHFChatTemplate
+
+    cls = InternVLChatTemplate if family.name == FAMILY_ORIGINAL else InternVLHFChatTemplate
+    return cls(family, hf_config, model_path, tokenizer, chat_template_config)
+
+
+@hookimpl
+def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path: Path) -> Any:
+    """The original layout's ``llm_config`` and ``language_model.*`` weights.
+
+    Qwen2 / LLaMA keep HF names under ``language_model.`` (``language_model.model.*``,
+    ``language_model.lm_head.*``); InternLM2 keeps its own (``language_model.model.tok_embeddings``,
+    ``language_model.output``), which the core's InternLM2 backbone reads once the
+    ``language_model.`` prefix is dropped. transformers' layout is left to the core's default.
+    """
+    if not _ours(family) or family.name != FAMILY_ORIGINAL:
+        return None
+    return original_language_model_spec(hf_config, model_path)
+
+
+def original_language_model_spec(hf_config: dict[str, Any], model_path: Path) -> Any:
+    from vlkit.models.spec import LanguageModelSpec
+
+    llm = dict(hf_config.get("llm_config") or {})
+    archs = llm.get("architectures") or []
+    arch = archs[0] if archs else None
+    # InternVLChatConfig forces tie_word_embeddings=False on the language model
+    llm["tie_word_embeddings"] = False
+    if arch == "InternLM2ForCausalLM":
+        prefixes: tuple[tuple[str, str], ...] = (("language_model.", ""),)
+    elif arch in ("Qwen2ForCausalLM", "LlamaForCausalLM"):
+        prefixes = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."))
+    elif arch == "Phi3ForCausalLM":
+        raise ValueError(
+            "InternVL with a Phi-3 language model (InternVL2-4B) needs a Phi3ForCausalLM backbone, which "
+            "vlkit's core does not ship yet (its LongRoPE scaling is not implemented)"
+        )
+    else:
+        raise ValueError(f"InternVLChatModel llm_config names architecture {arch!r}; supported: "
+                         "InternLM2ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM")
+    return LanguageModelSpec(architecture=arch, config=llm, model_path=str(model_path), weight_prefixes=prefixes)
