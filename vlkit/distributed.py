@@ -20,9 +20,11 @@ and ``torch.distributed`` is never initialised.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import datetime
 import os
 import socket
+import sys
 import traceback
 import weakref
 from dataclasses import dataclass
@@ -153,6 +155,26 @@ def _worker_main(rank: int, world_size: int, init_method: str, runner_kwargs: di
             pass
 
 
+@contextlib.contextmanager
+def _without_main_reimport():
+    """Spawned workers normally re-run the parent's ``__main__`` script; a script without an
+    ``if __name__ == "__main__"`` guard would then build engines recursively. Workers need
+    nothing from ``__main__`` (their target and arguments live in vlkit), so hide it while
+    starting them."""
+    main = sys.modules.get("__main__")
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main is not None and k in main.__dict__}
+    try:
+        for k in saved:
+            if k == "__spec__":
+                main.__spec__ = None
+            else:
+                del main.__dict__[k]
+        yield
+    finally:
+        if main is not None:
+            main.__dict__.update(saved)
+
+
 def _shutdown(procs: list, conns: list) -> None:
     for c in conns:
         try:
@@ -199,7 +221,8 @@ class TPWorkers:
                 daemon=True,
                 name=f"vlkit-tp-worker-{rank}",
             )
-            p.start()
+            with _without_main_reimport():
+                p.start()
             child.close()
             self._procs.append(p)
             self._conns.append(parent)

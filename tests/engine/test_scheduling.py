@@ -1,0 +1,132 @@
+"""Paged KV cache, prefix caching, preemption, chunked prefill, abort."""
+
+from __future__ import annotations
+
+import pytest
+from engine_helpers import prompts
+
+from vlkit.config import EngineConfig, GenerationConfig
+from vlkit.engine import LLMEngine
+
+GEN = GenerationConfig(max_new_tokens=20, ignore_eos=True)
+
+
+def _engine(path, **kw):
+    kw.setdefault("device", "cpu")
+    return LLMEngine.from_pretrained(path, EngineConfig(**kw))
+
+
+@pytest.fixture(scope="module")
+def reference(llama_path):
+    ps = prompts(8, seed=21, lo=10, hi=60)
+    with _engine(llama_path, num_blocks=256) as eng:
+        return ps, [o.token_ids for o in eng.generate(ps, GEN)]
+
+
+def test_prefix_cache_reuses_shared_blocks(llama_path):
+    with _engine(llama_path, num_blocks=64, block_size=16) as eng:
+        bm = eng.block_manager
+        shared = prompts(1, seed=22, lo=48, hi=49)[0]  # exactly 3 blocks
+        a = shared + [5, 6, 7, 8, 9]
+        b = shared + [10, 11, 12, 13, 14, 15, 16]
+        out_a = eng.generate(a, GEN)
+        assert out_a.num_cached_tokens == 0
+        allocated = bm.num_allocated_blocks
+        hits = bm.prefix_hit_blocks
+        out_b = eng.generate(b, GEN)
+        total_blocks_b = bm.blocks_for(len(b) + GEN.max_new_tokens - 1)
+        assert bm.prefix_hit_blocks - hits == 3
+        assert out_b.num_cached_tokens == 48
+        assert bm.num_allocated_blocks - allocated == total_blocks_b - 3
+    with _engine(llama_path, num_blocks=64, enable_prefix_caching=False) as cold:
+        assert cold.generate(b, GEN).token_ids == out_b.token_ids
+        assert cold.block_manager.prefix_hit_blocks == 0
+
+
+def test_image_hashes_key_the_prefix_cache(llama_path):
+    with _engine(llama_path, num_blocks=64) as eng:
+        bm = eng.block_manager
+        p = prompts(1, seed=23, lo=50, hi=51)[0]
+        emb = eng.runner.model.embed_tokens(__import__("torch").tensor(p[10:20])).detach()
+
+        def run(h):
+            rid = eng.add_request(None, p, GEN, input_embeddings=[emb], embedding_ranges=[(10, 20)],
+                                  embedding_hashes=[h])
+            while eng.has_unfinished():
+                eng.step()
+            return rid
+
+        run("image-A")
+        hits = bm.prefix_hit_blocks
+        run("image-B")  # block 0 holds image tokens 10..19: different image, no reuse at all
+        assert bm.prefix_hit_blocks == hits
+        run("image-A")  # same image: the 3 full prompt blocks are reused
+        assert bm.prefix_hit_blocks - hits == 3
+
+
+def test_preemption_gives_same_tokens(llama_path, reference):
+    ps, ref = reference
+    # 8 requests of up to ~80 tokens need ~40 blocks at once; 12 forces preemption
+    with _engine(llama_path, num_blocks=12) as eng:
+        outs = eng.generate(ps, GEN)
+        assert [o.token_ids for o in outs] == ref
+        assert eng.stats()["num_preemptions"] > 0
+        assert eng.block_manager.num_free_blocks == 12
+
+
+def test_chunked_prefill_gives_same_tokens(llama_path, reference):
+    ps, ref = reference
+    with _engine(llama_path, num_blocks=256, max_prefill_token_num=7) as eng:
+        outs = eng.generate(ps, GEN)
+        assert [o.token_ids for o in outs] == ref
+
+
+def test_max_batch_size_limits_running(llama_path, reference):
+    ps, ref = reference
+    with _engine(llama_path, num_blocks=256, max_batch_size=3) as eng:
+        for p in ps:
+            eng.add_request(None, p, GEN)
+        peak, outs = 0, {}
+        while eng.has_unfinished():
+            for o in eng.step():
+                outs[o.request_id] = o
+            peak = max(peak, eng.stats()["num_running"])
+        assert peak == 3
+        assert len(outs) == 8
+
+
+def test_blocks_return_and_abort_frees_at_once(llama_path):
+    with _engine(llama_path, num_blocks=64) as eng:
+        bm = eng.block_manager
+        start = bm.num_free_blocks
+        ps = prompts(4, seed=24, lo=20, hi=40)
+        ids = [eng.add_request(f"r{i}", p, GenerationConfig(max_new_tokens=30, ignore_eos=True))
+               for i, p in enumerate(ps)]
+        for _ in range(3):
+            eng.step()
+        used = bm.num_used_blocks
+        assert used > 0
+        held = len(eng._seqs["r1"].block_table)
+        assert eng.abort("r1")
+        assert bm.num_used_blocks == used - held  # freed immediately, before any step
+        assert not eng.abort("r1")
+        outs = {}
+        while eng.has_unfinished():
+            for o in eng.step():
+                outs.setdefault(o.request_id, []).append(o)
+        assert outs["r1"][-1].finish_reason == "abort" and outs["r1"][-1].finished
+        assert all(outs[i][-1].finish_reason == "length" for i in ids if i != "r1")
+        assert bm.num_free_blocks == start
+
+
+def test_incremental_outputs(llama_path):
+    with _engine(llama_path, num_blocks=64) as eng:
+        rid = eng.add_request("x", prompts(1, seed=25)[0], GenerationConfig(max_new_tokens=5, ignore_eos=True))
+        seen = []
+        while eng.has_unfinished():
+            for o in eng.step():
+                assert o.request_id == rid
+                seen.extend(o.new_token_ids)
+                assert o.token_ids == seen
+                last = o
+        assert last.finished and len(seen) == 5
