@@ -31,6 +31,12 @@ Text LMs (:mod:`vlkit.testing.text`)
     ``internlm2_state_dict_to_llama`` / ``load_internlm2_as_llama`` relate InternLM2's packed
     ``wqkv`` layout to LLaMA (its reference).
 
+Vision towers (:mod:`vlkit.testing.vision`)
+    ``write_tiny_clip_vision`` / ``write_tiny_siglip_vision`` write a standalone tower with its
+    image processor config (what LLaVA's original code loads by name);
+    ``tiny_clip_vision_config`` / ``tiny_siglip_vision_config`` give ``vision_config`` dicts;
+    ``clip_image_processor_config`` / ``siglip_image_processor_config`` the processor dicts.
+
 Images (:mod:`vlkit.testing.images`)
     ``make_image(w, h, mode, seed)`` (textured, deterministic), ``image_set()`` (named cases:
     square, wide, tall, tiny, large, RGBA, L, P, LA, CMYK, I;16, EXIF-rotated JPEG),
@@ -53,6 +59,9 @@ _EXPORTS = {
     "text": ("INTERNLM2_CHAT_TEMPLATE", "internlm2_config_from_llama", "internlm2_state_dict_to_llama",
              "llama_state_dict_to_internlm2", "load_internlm2_as_llama", "tiny_llama_config", "tiny_qwen2_config",
              "write_tiny_internlm2", "write_tiny_llama", "write_tiny_qwen2"),
+    "vision": ("CLIP_MEAN", "CLIP_STD", "SIGLIP_MEAN", "SIGLIP_STD", "clip_image_processor_config", "siglip_image_processor_config",
+               "tiny_clip_vision_config", "tiny_siglip_vision_config", "write_tiny_clip_vision",
+               "write_tiny_siglip_vision"),
     "images": ("corrupt_image_bytes", "data_uri", "exif_rotated_jpeg", "image_bytes", "image_set", "make_image",
                "truncated_image_bytes", "upright_size"),
 }
