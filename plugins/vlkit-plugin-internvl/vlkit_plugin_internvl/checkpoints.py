@@ -69,12 +69,12 @@ def _vision_dims(image_size: int, patch_size: int) -> dict[str, Any]:
     )
 
 
-def _text_dims(arch: str) -> dict[str, Any]:
+def _text_dims(arch: str, eos_token: str) -> dict[str, Any]:
     return dict(
         model_type=arch, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, vocab_size=VOCAB_SIZE, max_position_embeddings=2048, rms_norm_eps=1e-6,
         rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=SPECIALS.index("<s>") + 256,
-        eos_token_id=SPECIALS.index("</s>") + 256,
+        eos_token_id=SPECIALS.index(eos_token) + 256,
     )
 
 
@@ -113,7 +113,7 @@ def tiny_internvl_hf(
     cfg = InternVLConfig(
         vision_config=dict(_vision_dims(image_size, patch_size), attention_bias=True, use_qk_norm=False,
                            use_mean_pooling=True, model_type="internvl_vision"),
-        text_config=_text_dims(text),
+        text_config=_text_dims(text, tok.eos_token),
         image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
         image_seq_length=int(tpt * tpt * 0.25),
         downsample_ratio=0.5,
@@ -275,7 +275,7 @@ def tiny_internvl_original(
     common = {k: tc[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                   "num_key_value_heads", "vocab_size", "max_position_embeddings", "rms_norm_eps")}
     common.update(rope_theta=rope.get("rope_theta", tc.get("rope_theta", 10000.0)), tie_word_embeddings=False,
-                  bos_token_id=tok.bos_token_id, eos_token_id=tok.convert_tokens_to_ids("</s>"))
+                  bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     if llm == "qwen2":
         llm_config = dict(common, architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu",
                           use_sliding_window=False, rope_scaling=None)
@@ -320,7 +320,7 @@ def tiny_internvl_original(
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
-    eos = sorted({im_end, tok.convert_tokens_to_ids("</s>")})
+    eos = sorted({im_end, tok.eos_token_id})  # InternLM2: <|im_end|> and </s>; Qwen2: <|im_end|> is its EOS
     (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
     return directory
 

@@ -1,0 +1,41 @@
+"""vlkit's conformance suite for both InternVL layouts.
+
+* transformers' layout against ``InternVLForConditionalGeneration`` + InternVLProcessor's expansion;
+* the original ``InternVLChatModel`` layout (Qwen2 as InternVL2-1B, InternLM2 as InternVL2-2B/8B)
+  against the original ``chat()`` prompt and preprocessing run on transformers' model holding
+  the same weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from internvl_reference import HFReference, OriginalReference
+
+from vlkit.testing.conformance import VLMConformanceSuite
+
+
+class TestInternVLHF(VLMConformanceSuite):
+    family = "internvl-hf"
+    checkpoint_options = {"text": "qwen2", "seed": 0}
+
+    def make_reference(self, model_dir: Path):
+        return HFReference(model_dir)
+
+
+class TestInternVLOriginalQwen2(VLMConformanceSuite):
+    family = "internvl"
+    checkpoint_options = {"llm": "qwen2", "seed": 0}
+    max_new_tokens = 8
+
+    def make_reference(self, model_dir: Path):
+        return OriginalReference(model_dir, model_dir.parent / f"{model_dir.name}-hf")
+
+
+class TestInternVLOriginalInternLM2(VLMConformanceSuite):
+    family = "internvl"
+    checkpoint_options = {"llm": "internlm2", "seed": 1, "shards": 2}
+    max_new_tokens = 8
+
+    def make_reference(self, model_dir: Path):
+        return OriginalReference(model_dir, model_dir.parent / f"{model_dir.name}-hf")
