@@ -100,9 +100,9 @@ class Pipeline:
         self.image_encoder: Any = None
         self.vision: Any = None
         if self.family is None:
-            from vlkit.models import is_text_architecture
+            from vlkit.models.backbones import supported_architectures
 
-            if not any(is_text_architecture(a) for a in archs):
+            if not set(archs) & set(supported_architectures()):
                 find_family(self.hf_config)  # raises UnknownArchitectureError with the full listing
             self._init_text()
         else:
