@@ -312,13 +312,25 @@ def original_config(hybrid: bool, vocab_size: int = 1000, bos_id: int = 1, eos_i
     }
 
 
-def tiny_deepseek_vl_original(directory: str | Path, hybrid: bool = False, seed: int = 0, **_: Any) -> Path:
-    """``MultiModalityCausalLM`` with the weights of the transformers checkpoint of ``seed``."""
+def hf_twin_path(original_dir: str | Path) -> Path:
+    """Where :func:`tiny_deepseek_vl_original` writes the transformers twin (same weights)."""
+    p = Path(original_dir)
+    return p.parent / f"{p.name}-hf"
+
+
+def tiny_deepseek_vl_original(
+    directory: str | Path, hybrid: bool = False, seed: int = 0, twin: bool = True, **_: Any
+) -> Path:
+    """``MultiModalityCausalLM`` with the weights of the transformers checkpoint of ``seed``;
+    with ``twin`` that transformers checkpoint is written to :func:`hf_twin_path` too."""
     import torch
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     model = build_hf_model(hybrid, seed)
+    if twin:
+        n = 576 if hybrid else (SIGLIP_13B["image_size"] // SIGLIP_13B["patch_size"]) ** 2
+        _write_hf(model, _hf_processor(hybrid, n), hf_twin_path(d))
     state = _hf_to_original_names(model.state_dict(), hybrid)
     tok = make_deepseek_tokenizer()
     from vlkit.testing.tokenizer import save_tokenizer

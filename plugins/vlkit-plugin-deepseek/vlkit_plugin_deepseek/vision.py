@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vlkit.vision import ImageItem, VisionModel
 from vlkit_plugin_deepseek.layout import (
     DeepseekConfigError,
     VisionLayout,
@@ -31,8 +32,6 @@ from vlkit_plugin_deepseek.layout import (
     rename,
 )
 from vlkit_plugin_deepseek.weights import read_tensors
-
-from vlkit.vision import ImageItem, VisionModel
 
 _CHUNK = 32  # images per tower forward
 
