@@ -193,3 +193,26 @@ def test_legacy_config_spelling(tmp_path):
     assert model.config.rope_parameters["rope_type"] == "linear"
     assert legacy_config({"rope_parameters": {"rope_type": "default", "rope_theta": 5.0}}) == {
         "rope_theta": 5.0, "rope_scaling": None}
+
+
+def test_tiny_configs_build_transformers_configs():
+    from transformers import LlamaConfig, LlavaConfig, Qwen2Config
+
+    from vlkit.testing import tiny_llama_config, tiny_qwen2_config
+
+    llama = LlamaConfig(**{k: v for k, v in tiny_llama_config(num_layers=3).items() if k != "model_type"})
+    assert llama.num_hidden_layers == 3 and llama.num_key_value_heads == 2
+    qwen = Qwen2Config(**{k: v for k, v in tiny_qwen2_config().items() if k != "model_type"})
+    assert qwen.tie_word_embeddings and qwen.rope_parameters["rope_theta"] == 1e6
+    llava = LlavaConfig(text_config=tiny_llama_config(), vision_config={"model_type": "clip_vision_model"})
+    assert isinstance(llava.text_config, LlamaConfig) and llava.text_config.hidden_size == 64
+
+
+def test_custom_tokenizer_is_saved_and_checked(tmp_path):
+    from vlkit.testing import make_tokenizer
+
+    tok = make_tokenizer(["<image>"], vocab_size=500)
+    path = write_tiny_llama(tmp_path / "custom", vocab_size=500, tokenizer=tok)
+    assert AutoTokenizer.from_pretrained(path)("<image>", add_special_tokens=False).input_ids == [3]
+    with pytest.raises(ValueError):
+        write_tiny_llama(tmp_path / "too_small", vocab_size=400, tokenizer=tok)

@@ -91,6 +91,27 @@ CHATML_TEMPLATE = (
 )
 
 
+def _transformers_major() -> int:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0])
+
+
+def _extra_kwarg() -> str:
+    """The keyword for unnamed special tokens: ``extra_special_tokens`` (a list) in
+    transformers 5, ``additional_special_tokens`` in 4.x (where ``extra_special_tokens`` is a
+    dict of named extras)."""
+    return "extra_special_tokens" if _transformers_major() >= 5 else "additional_special_tokens"
+
+
+def _extra_special_tokens(tok) -> list[str]:
+    for attr in ("extra_special_tokens", "additional_special_tokens"):
+        value = getattr(tok, attr, None)
+        if isinstance(value, (list, tuple)) and value:
+            return [str(t) for t in value]
+    return []
+
+
 def _dedupe(tokens: Sequence[str | None]) -> list[str]:
     out: list[str] = []
     for t in tokens:
@@ -165,11 +186,11 @@ def make_tokenizer(
     named = {"bos_token": bos, "eos_token": eos, "unk_token": unk, "pad_token": pad}
     extra = [t for t in _dedupe(special_tokens) if t not in named.values()]
     kwargs = {k: v for k, v in named.items() if v is not None}
+    kwargs[_extra_kwarg()] = extra
     return PreTrainedTokenizerFast(
         tokenizer_object=Tokenizer.from_str(raw),
         add_bos_token=bool(add_bos),
         add_eos_token=bool(add_eos),
-        extra_special_tokens=extra,
         chat_template=chat_template,
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
@@ -207,7 +228,7 @@ def save_tokenizer(tok, directory) -> Path:
         value = getattr(tok, name, None)
         if value is not None:
             special_map[name] = str(value)
-    extra = [str(t) for t in (getattr(tok, "extra_special_tokens", None) or []) if str(t) not in special_map.values()]
+    extra = [t for t in _extra_special_tokens(tok) if t not in special_map.values()]
     if extra:
         special_map["additional_special_tokens"] = extra
     added = {
