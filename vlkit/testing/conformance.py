@@ -27,7 +27,8 @@ What a subclass defines
     the checkpoint under test.
 ``make_reference(model_dir)`` (required)
     a callable ``(messages, max_new_tokens) -> Reference``: the reference implementation's
-    prompt ids and greedy tokens (and optionally prompt logits) for HF-form messages whose
+    prompt ids and ``max_new_tokens`` greedy tokens with EOS masked until then (HF's
+    ``min_new_tokens``), optionally prompt logits, for HF-form messages whose
     image parts are ``{"type": "image", "image": PIL.Image}``. :class:`TransformersReference`
     is the ready-made one for a transformers processor + model class.
 Optional class attributes
@@ -63,7 +64,9 @@ class Reference:
         prompt_ids: the ids it feeds the model (image positions included).
         image_token_id: the id at image positions in ``prompt_ids`` (positions are compared;
             the id itself may differ from vlkit's, e.g. the original LLaVA uses ``-200``).
-        generated: greedy tokens (EOS, if produced, may be included or not).
+        generated: ``max_new_tokens`` greedy tokens with EOS masked until then (HF:
+            ``min_new_tokens=max_new_tokens``): tiny random models often pick EOS first, which
+            would leave nothing to compare.
         logits: prompt logits ``[len(prompt_ids), vocab]``, when the reference gives them.
     """
 
@@ -104,8 +107,8 @@ class TransformersReference:
         with torch.inference_mode():
             logits = self.model(**inputs).logits[0].float()
             out = self.model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                pad_token_id=self._pad_id(),
+                **inputs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False,
+                num_beams=1, pad_token_id=self._pad_id(),
             )
         return Reference(inputs["input_ids"][0].tolist(), self.image_token_id, out[0, n:].tolist(), logits)
 
@@ -117,61 +120,72 @@ class TransformersReference:
 
 # -- test images ----------------------------------------------------------------------------
 
-IMAGE_KINDS = ("square", "wide", "tall", "small", "large", "rgba", "grayscale", "palette", "exif_jpeg")
+# kind -> (width, height, PIL mode), as vlkit.testing.images.image_set names them
+_IMAGE_TABLE: dict[str, tuple[int, int, str]] = {
+    "square": (64, 64, "RGB"), "wide": (300, 120, "RGB"), "tall": (120, 300, "RGB"), "tiny": (10, 10, "RGB"),
+    "large": (1000, 700, "RGB"), "rgba": (80, 60, "RGBA"), "grayscale": (60, 80, "L"), "palette": (72, 48, "P"),
+    "la": (50, 50, "LA"), "cmyk": (48, 72, "CMYK"), "i16": (40, 30, "I;16"),
+}
+IMAGE_KINDS = (*_IMAGE_TABLE, "exif_jpeg")
 
 
 def make_test_image(kind: str, seed: int = 0) -> Any:
-    """A deterministic test image: a PIL image, or JPEG bytes for ``"exif_jpeg"``.
+    """A deterministic test image (:func:`vlkit.testing.images.make_image`) of one kind.
 
-    Kinds: ``square`` 64x64, ``wide`` 150x40, ``tall`` 36x130, ``small`` 9x7, ``large``
-    640x480, ``rgba`` (varying transparency), ``grayscale`` (mode L), ``palette`` (mode P),
-    ``exif_jpeg`` (a 96x48 JPEG whose EXIF orientation 6 turns it upright to 48x96).
+    Kinds: those of :func:`vlkit.testing.images.image_set` (``square`` 64x64, ``wide``
+    300x120, ``tall`` 120x300, ``tiny`` 10x10, ``large`` 1000x700, ``rgba``, ``grayscale``,
+    ``palette``, ``la``, ``cmyk``, ``i16``) and ``exif_jpeg``: JPEG *bytes* stored 64x40
+    with EXIF orientation 6 (upright 40x64), so the pipeline's decoding path runs too.
     """
-    import numpy as np
-    from PIL import Image
+    from vlkit.testing.images import exif_rotated_jpeg, make_image
 
-    sizes = {"square": (64, 64), "wide": (150, 40), "tall": (36, 130), "small": (9, 7), "large": (640, 480),
-             "rgba": (80, 60), "grayscale": (50, 70), "palette": (70, 50), "exif_jpeg": (96, 48)}
-    if kind not in sizes:
-        raise ValueError(f"unknown test image kind {kind!r}; have {list(sizes)}")
-    w, h = sizes[kind]
-    rng = np.random.default_rng(seed + sum(map(ord, kind)))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    base = np.stack([xx / max(w - 1, 1), yy / max(h - 1, 1), (xx + yy) / max(w + h - 2, 1)], axis=-1) * 200
-    arr = np.clip(base + rng.normal(0, 30, (h, w, 3)), 0, 255).astype(np.uint8)
-    img = Image.fromarray(arr, "RGB")
-    if kind == "rgba":
-        alpha = (np.linspace(0, 255, w)[None, :].repeat(h, 0)).astype(np.uint8)
-        return Image.fromarray(np.dstack([arr, alpha]), "RGBA")
-    if kind == "grayscale":
-        return img.convert("L")
-    if kind == "palette":
-        return img.convert("P", palette=Image.Palette.ADAPTIVE, colors=32)
     if kind == "exif_jpeg":
-        exif = Image.Exif()
-        exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to view
-        buf = io.BytesIO()
-        img.save(buf, format="JPEG", quality=90, exif=exif)
-        return buf.getvalue()
-    return img
+        return exif_rotated_jpeg(64, 40, seed + 11)[0]
+    if kind not in _IMAGE_TABLE:
+        raise ValueError(f"unknown test image kind {kind!r}; have {list(IMAGE_KINDS)}")
+    w, h, mode = _IMAGE_TABLE[kind]
+    return make_image(w, h, mode, seed + sum(map(ord, kind)))
 
 
 def upright_rgb(image: Any) -> Any:
-    """What a reference processor should see: bytes decoded, EXIF orientation applied."""
+    """What the reference processor is given for a test image.
+
+    Bytes are decoded and EXIF orientation applied (transformers' processors do neither);
+    16-bit images go through :func:`vlkit.media.to_rgb` (transformers cannot convert them);
+    every other mode is given as is, so the reference's own RGB conversion (alpha composited
+    on white) is what vlkit must match.
+    """
+    import base64
+
     from PIL import Image, ImageOps
 
+    if isinstance(image, str) and image.startswith("data:"):
+        image = base64.b64decode(image.split(",", 1)[1])
     if isinstance(image, (bytes, bytearray)):
         image = Image.open(io.BytesIO(image))
         image.load()
-        image = ImageOps.exif_transpose(image)
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16") or image.mode == "I":
+        from vlkit.media import to_rgb
+
+        image = to_rgb(image)
     return image
 
 
 def _messages(text: str, images: list[Any], reference: bool) -> list[dict[str, Any]]:
-    """One user turn, images first. ``reference``: decoded upright images for the reference."""
-    content: list[dict[str, Any]] = [
-        {"type": "image", "image": upright_rgb(im) if reference else im} for im in images
-    ]
+    """One user turn, images first. ``reference``: the images as :func:`upright_rgb` gives them.
+
+    On the vlkit side a ``data:`` URI string becomes an OpenAI ``image_url`` part; everything
+    else an ``{"type": "image", "image": ...}`` part.
+    """
+    content: list[dict[str, Any]] = []
+    for im in images:
+        if reference:
+            content.append({"type": "image", "image": upright_rgb(im)})
+        elif isinstance(im, str):
+            content.append({"type": "image_url", "image_url": {"url": im}})
+        else:
+            content.append({"type": "image", "image": im})
     content.append({"type": "text", "text": text})
     return [{"role": "user", "content": content}]
 
@@ -266,7 +280,7 @@ class VLMConformanceSuite:
     def gen_config(self) -> Any:
         from vlkit.config import GenerationConfig
 
-        return GenerationConfig(max_new_tokens=self.max_new_tokens)
+        return GenerationConfig(max_new_tokens=self.max_new_tokens, min_new_tokens=self.max_new_tokens)
 
     def check_prompt(self, pipe: Any, ref: Reference, prompt: Any) -> dict[str, Any]:
         got = pipe.prepare_inputs(prompt)
@@ -333,7 +347,9 @@ class VLMConformanceSuite:
         self.run_case(pipe, reference, eos_ids, "Describe the picture in detail.", [make_test_image("square")], "one image")
 
     def test_greedy_two_images(self, pipe: Any, reference: Any, eos_ids: set[int]) -> None:
-        imgs = [make_test_image("wide"), make_test_image("tall")]
+        from vlkit.testing.images import data_uri
+
+        imgs = [data_uri(make_test_image("wide")), make_test_image("tall")]  # one as an image_url data: URI
         self.run_case(pipe, reference, eos_ids, "Which one is larger?", imgs, "two images")
 
     def test_greedy_batch_of_three(self, pipe: Any, reference: Any, eos_ids: set[int]) -> None:
@@ -375,7 +391,7 @@ class VLMConformanceSuite:
     def test_tp2_equals_tp1(self, checkpoint: Path, pipe: Any) -> None:
         prompts = [
             ("Describe the picture.", make_test_image("square")),
-            ("Compare them.", [make_test_image("wide"), make_test_image("rgba")]),
+            ("Compare them.", [make_test_image("wide"), make_test_image("exif_jpeg")]),
         ]
         one = pipe(prompts, gen_config=self.gen_config(), use_tqdm=False)
         with self.make_pipeline(checkpoint, tp=2) as pipe2:
@@ -385,9 +401,14 @@ class VLMConformanceSuite:
             assert a.token_ids == b.token_ids
 
     # -- bad input -------------------------------------------------------------------------
-    def test_bad_image_bytes(self, pipe: Any) -> None:
+    @pytest.mark.parametrize("which", ["garbage", "corrupt_png", "truncated_png"])
+    def test_bad_image_bytes(self, pipe: Any, which: str) -> None:
+        from vlkit.testing.images import corrupt_image_bytes, truncated_image_bytes
+
+        data = {"garbage": b"this is not an image", "corrupt_png": corrupt_image_bytes(),
+                "truncated_png": truncated_image_bytes()}[which]
         with pytest.raises(ValueError, match=r"(?i)decode|image"):
-            pipe(("Describe.", b"this is not an image"), gen_config=self.gen_config(), use_tqdm=False)
+            pipe(("Describe.", data), gen_config=self.gen_config(), use_tqdm=False)
 
     def test_unreachable_url(self, pipe: Any) -> None:
         url = "http://127.0.0.1:9/x.png"
@@ -412,7 +433,7 @@ class VLMConformanceSuite:
             ("Is there any text?", [make_test_image("tall", seed=9)]),
         ]
         prompts: list[Any] = [_messages(t, ims, False) for t, ims in good]
-        prompts.insert(2, ("Describe.", b"\x89PNG broken"))
+        prompts.insert(2, ("Describe.", b"\x89PNG\r\n\x1a\n broken"))
         rs = pipe(prompts, gen_config=self.gen_config(), use_tqdm=False)
         assert [r.index for r in rs] == [0, 1, 2, 3]
         assert rs[2].finish_reason == "error" and rs[2].error

@@ -188,7 +188,9 @@ def tiny_llava(
     return directory
 
 
-NEXT_PINPOINTS_TILES = ((1, 2), (2, 1), (2, 2), (1, 3), (3, 1))  # (rows, cols) in tiles, as llava-v1.6
+# (rows, cols) in tiles: llava-v1.6's five grids less 3x1, so that the set is not symmetric and
+# reading (width, height) pinpoints as (height, width) changes the tiling of some images
+NEXT_PINPOINTS_TILES = ((1, 2), (2, 1), (2, 2), (1, 3))
 
 
 def tiny_llava_next(
@@ -197,8 +199,8 @@ def tiny_llava_next(
 ) -> Path:
     """Write a tiny ``LlavaNextForConditionalGeneration`` checkpoint (llava-hf/llava-v1.6 layout).
 
-    ``image_grid_pinpoints`` are the five grids of llava-v1.6 (1x2, 2x1, 2x2, 1x3, 3x1 tiles)
-    at the tiny tile size, in transformers' (height, width) order.
+    ``image_grid_pinpoints`` are llava-v1.6's grids (1x2, 2x1, 2x2, 1x3 tiles; 3x1 left out so
+    the set is asymmetric) at the tiny tile size, in transformers' (height, width) order.
     """
     import torch
     from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextProcessor

@@ -121,7 +121,8 @@ class OriginalLlavaReference:
             logits = self.model(input_ids=input_ids, **kwargs).logits[0].float()
             out = self.model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), **kwargs,
-                max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, pad_token_id=self.tokenizer.pad_token_id,
+                max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                pad_token_id=self.tokenizer.pad_token_id,
             )
         return Reference(ids, self.image_token_id, out[0, len(ids):].tolist(), logits)
 
