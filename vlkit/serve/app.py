@@ -14,6 +14,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
 from vlkit.config import GenerationConfig
 from vlkit.messages import RawText
 from vlkit.serve.errors import APIError, bad_request
@@ -93,9 +96,6 @@ def generation_config(body: dict[str, Any], default_max_tokens: int) -> Generati
 
 def create_app(pipe: Any, config: ServerConfig | None = None) -> Any:
     """The FastAPI app serving ``pipe`` (a :class:`vlkit.api.Pipeline`)."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
-
     from vlkit.messages import MessageError
 
     cfg = config or ServerConfig()
