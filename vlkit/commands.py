@@ -188,7 +188,7 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from vlkit.bench import run_cli
+    from vlkit.bench.cli import run_cli
 
     return run_cli(args)
 

@@ -1,0 +1,1 @@
+"""Benchmarks: vlkit against its peers in the same run (see docs/benchmarks.md)."""
