@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from vlkit.messages import IMAGE_TOKEN
 from vlkit.testing.conformance import Reference
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -151,23 +152,30 @@ class OriginalReference:
                 system = text
                 continue
             if images:
-                text = "<image>\n" + text
                 px = [original_pixels(im, self.cfg, max_num) for im in images]
                 pixels += px
-                patches.append(sum(p.shape[0] for p in px))
+                if IMAGE_TOKEN in text:  # one <image> per placed image, as the model card's separate images
+                    text = text.replace(IMAGE_TOKEN, "<image>")
+                    patches += [p.shape[0] for p in px]
+                else:  # the model card's combined images: one <image> for all tiles
+                    text = "<image>\n" + text
+                    patches.append(sum(p.shape[0] for p in px))
             turns.append((0 if role == "user" else 1, text))
         turns.append((1, None))
         query = mpt_prompt(self.cfg["template"], turns, system)
         for n in patches:
             query = query.replace("<image>", "<img>" + "<IMG_CONTEXT>" * self.num_image_token * n + "</img>", 1)
+        # lmdeploy joins images written next to each other into one span
+        query = query.replace("</img><img>", "")
         return query, (torch.cat(pixels) if pixels else None)
 
-    def __call__(self, messages: list[dict[str, Any]], max_new_tokens: int) -> Reference:
-        query, pixels = self.query(messages)
+    def __call__(self, messages: list[dict[str, Any]], max_new_tokens: int, mask_eos: bool = True,
+                 max_num: int | None = None) -> Reference:
+        query, pixels = self.query(messages, max_num)
         ids = self.tokenizer(query, return_tensors="pt")
         # chat() stops on <|im_end|> only; vlkit (as lmdeploy) also stops on the tokenizer's EOS
         eos = sorted({self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id})
-        return _run(self.model, ids, pixels, max_new_tokens, eos, self.image_token_id)
+        return _run(self.model, ids, pixels, max_new_tokens, eos, self.image_token_id, mask_eos)
 
 
 class HFReference:
@@ -202,13 +210,15 @@ class HFReference:
         return _run(self.model, ids, pixels, max_new_tokens, self.eos, self.image_token_id)
 
 
-def _run(model: Any, ids: Any, pixels: Any, max_new_tokens: int, eos: Any, image_token_id: int) -> Reference:
+def _run(model: Any, ids: Any, pixels: Any, max_new_tokens: int, eos: Any, image_token_id: int,
+         mask_eos: bool = True) -> Reference:
     n = ids["input_ids"].shape[1]
     kwargs = dict(input_ids=ids["input_ids"], attention_mask=ids["attention_mask"])
     if pixels is not None:
         kwargs["pixel_values"] = pixels
     with torch.inference_mode():
         logits = model(**kwargs).logits[0].float()
-        out = model.generate(**kwargs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                             eos_token_id=eos, pad_token_id=0)
+        # EOS masked until max_new_tokens, as the conformance suite asks (tiny models often pick it first)
+        out = model.generate(**kwargs, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens if mask_eos else 0,
+                             do_sample=False, num_beams=1, eos_token_id=eos, pad_token_id=0)
     return Reference(ids["input_ids"][0].tolist(), image_token_id, out[0, n:].tolist(), logits)

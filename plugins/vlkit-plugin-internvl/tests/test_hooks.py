@@ -1,0 +1,67 @@
+"""The plugin as installed: entry point, families, architectures, templates, tiny checkpoints."""
+
+from __future__ import annotations
+
+import json
+
+from vlkit.registry import Registry
+
+
+def test_entry_point_registers_both_families():
+    reg = Registry()
+    assert not [p for p in reg.failed_plugins() if p.name == "internvl"]
+    table = reg.architecture_table()
+    assert table["InternVLChatModel"].name == "internvl"
+    assert table["InternVLForConditionalGeneration"].name == "internvl-hf"
+    fam = reg.get_family("internvl")
+    assert set(fam.chat_templates) == {"internvl2_5", "internlm2-chat", "Hermes-2", "phi3-chat"}
+    assert fam.tiny_checkpoint is not None and reg.get_family("internvl-hf").tiny_checkpoint is not None
+
+
+def test_hooks_module_is_light():
+    import subprocess
+    import sys
+
+    code = ("import sys, vlkit_plugin_internvl.hooks as h; h.vlkit_register_families(); "
+            "print(any(m in sys.modules for m in ('torch', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_original_checkpoint_looks_released(ckpts):
+    cfg = json.loads((ckpts["internlm2"] / "config.json").read_text())
+    assert cfg["architectures"] == ["InternVLChatModel"] and cfg["template"] == "internlm2-chat"
+    assert cfg["llm_config"]["architectures"] == ["InternLM2ForCausalLM"]
+    assert (ckpts["internlm2"] / "model.safetensors.index.json").is_file()
+    cfg = json.loads((ckpts["qwen2"] / "config.json").read_text())
+    assert cfg["template"] == "Hermes-2" and cfg["llm_config"]["architectures"] == ["Qwen2ForCausalLM"]
+    gen = json.loads((ckpts["qwen2"] / "generation_config.json").read_text())
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(ckpts["qwen2"]))
+    assert tok.convert_tokens_to_ids("<|im_end|>") in gen["eos_token_id"]
+
+
+def test_video_helper_without_extra(monkeypatch):
+    import builtins
+
+    import pytest
+    from vlkit_plugin_internvl import video
+
+    real = builtins.__import__
+
+    def no_av(name, *a, **k):
+        if name == "av":
+            raise ImportError("No module named 'av'")
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_av)
+    with pytest.raises(video.VideoSupportMissing, match=r"vlkit-plugin-internvl\[video\]"):
+        video.load_video_frames("x.mp4")
+
+
+def test_frame_indices_as_the_guide():
+    from vlkit_plugin_internvl.video import frame_indices
+
+    assert frame_indices(100, 25.0, 4) == [12, 37, 62, 86]  # seg 24.75: int(12.375 + round(24.75 * i))
+    assert frame_indices(100, 10.0, 2, bound=(2.0, 6.0)) == [30, 50]
