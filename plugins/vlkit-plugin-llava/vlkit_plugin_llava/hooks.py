@@ -111,13 +111,10 @@ def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path
     from vlkit.models.spec import LanguageModelSpec
 
     drop = {
-        "mm_vision_tower", "mm_hidden_size", "mm_projector_type", "mm_vision_select_layer",
-        "mm_vision_select_feature", "mm_patch_merge_type", "mm_use_im_start_end", "mm_use_im_patch_token",
-        "mm_projector_lr", "mm_vision_tower_lr", "image_aspect_ratio", "image_grid_pinpoints",
         "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower", "use_mm_proj",
         "tokenizer_model_max_length", "tokenizer_padding_side",
     }
-    config = {k: v for k, v in hf_config.items() if k not in drop}
+    config = {k: v for k, v in hf_config.items() if k not in drop and not k.startswith(("mm_", "image_"))}
     config["model_type"] = "llama"
     config["architectures"] = ["LlamaForCausalLM"]
     return LanguageModelSpec(
