@@ -30,11 +30,31 @@ class RGBTransformersReference(TransformersReference):
             fixed.append({**m, "content": content})
         return super().inputs(fixed)
 
+class _PlacedImages:
+    """What the suite does not cover: ``IMAGE_TOKEN`` placed in the middle of the text."""
+
+    def test_greedy_image_token_in_middle(self, pipe, reference, eos_ids):
+        from vlkit.messages import IMAGE_TOKEN
+        from vlkit.testing.conformance import make_test_image, upright_rgb
+
+        a, b = make_test_image("wide", seed=12), make_test_image("exif_jpeg", seed=13)
+        ref_msgs = [{"role": "user", "content": [
+            {"type": "text", "text": "Compare "}, {"type": "image", "image": upright_rgb(a)},
+            {"type": "text", "text": " with "}, {"type": "image", "image": upright_rgb(b)},
+            {"type": "text", "text": " please."}]}]
+        ref = reference(ref_msgs, self.max_new_tokens)
+        prompt = (f"Compare {IMAGE_TOKEN} with {IMAGE_TOKEN} please.", [a, b])
+        got = self.check_prompt(pipe, ref, prompt)
+        assert "Compare <image_placeholder>" in got["prompt"]
+        r = pipe(prompt, gen_config=self.gen_config(), use_tqdm=False)
+        self.check_greedy(r, ref, eos_ids, "IMAGE_TOKEN in the middle")
+
+
 # the hybrid runs SAM + a 576-token SigLIP per image: fewer image kinds keep the run short
 _FEW_KINDS = ("wide", "tall", "tiny", "rgba", "grayscale", "exif_jpeg")
 
 
-class TestDeepseekVLHF(VLMConformanceSuite):
+class TestDeepseekVLHF(_PlacedImages, VLMConformanceSuite):
     family = "deepseek-vl"
 
     def make_reference(self, model_dir: Path):
@@ -43,7 +63,7 @@ class TestDeepseekVLHF(VLMConformanceSuite):
         return RGBTransformersReference(model_dir, DeepseekVLForConditionalGeneration)
 
 
-class TestDeepseekVLHybridHF(VLMConformanceSuite):
+class TestDeepseekVLHybridHF(_PlacedImages, VLMConformanceSuite):
     family = "deepseek-vl-hybrid"
     image_kinds = _FEW_KINDS
 
@@ -53,7 +73,7 @@ class TestDeepseekVLHybridHF(VLMConformanceSuite):
         return RGBTransformersReference(model_dir, DeepseekVLHybridForConditionalGeneration)
 
 
-class _Original(VLMConformanceSuite):
+class _Original(_PlacedImages, VLMConformanceSuite):
     family = "deepseek-vl-original"
 
     def make_reference(self, model_dir: Path):
