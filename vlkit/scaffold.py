@@ -98,11 +98,16 @@ def scaffold(name: str, output_dir: str | Path = ".", no_input: bool = False) ->
 
 
 def _run_cookiecutter(tpl: Path, name: str, out: Path, target: Path, no_input: bool) -> Path:
-    from cookiecutter.exceptions import CookiecutterException
+    import logging
+
+    from cookiecutter.exceptions import CookiecutterException, FailedHookException
     from cookiecutter.main import cookiecutter
 
     made_out = not out.exists()
     empty_target = target.is_dir()  # an existing empty directory is reused
+    log = logging.getLogger("cookiecutter")
+    level = log.level
+    log.setLevel(logging.CRITICAL)  # its tracebacks would bury the template's own message
     try:
         result = cookiecutter(
             str(tpl),
@@ -112,12 +117,17 @@ def _run_cookiecutter(tpl: Path, name: str, out: Path, target: Path, no_input: b
             overwrite_if_exists=empty_target,
             accept_hooks=True,
         )
+    except FailedHookException as exc:  # hooks/pre_gen_project.py printed why
+        _cleanup(target, out, made_out, empty_target)
+        raise ScaffoldError(f"the template refused an answer (see the message above); {target} was not created") from exc
     except (CookiecutterException, OSError) as exc:
         _cleanup(target, out, made_out, empty_target)
         raise ScaffoldError(f"could not create {target}: {type(exc).__name__}: {exc}") from exc
     except BaseException:  # Ctrl-C at a prompt: leave nothing half-written
         _cleanup(target, out, made_out, empty_target)
         raise
+    finally:
+        log.setLevel(level)
     path = Path(result)
     if path.resolve() != target.resolve():  # the template names its directory after the family
         raise ScaffoldError(f"the template created {path}, expected {target}")
