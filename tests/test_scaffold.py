@@ -108,6 +108,48 @@ def test_cli_reports_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert list(tmp_path.iterdir()) == [tmp_path / "vlkit-plugin-ok"]
 
 
+# -- prompting -----------------------------------------------------------------------------
+
+
+def _scaffold_cli(tmp_path: Path, name: str, stdin: str | None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "vlkit.cli", "scaffold", name, "--output-dir", str(tmp_path / "out")],
+        input=stdin, stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_prompts_answers_are_used(tmp_path: Path) -> None:
+    # description, architecture, author, e-mail (default), version, license
+    r = _scaffold_cli(tmp_path, "zed", 'Zed "VLM" plugin\nZedNetForCausalLM\nAda L.\n\n0.2.0\nMIT\n')
+    assert r.returncode == 0, r.stdout + r.stderr
+    pkg = tmp_path / "out" / "vlkit-plugin-zed"
+    hooks = (pkg / "vlkit_plugin_zed" / "hooks.py").read_text()
+    assert 'ARCHITECTURE = "ZedNetForCausalLM"' in hooks
+    assert 'description="Zed \\"VLM\\" plugin"' in hooks
+    if tomllib is not None:
+        project = tomllib.loads((pkg / "pyproject.toml").read_text())["project"]
+        assert project["description"] == 'Zed "VLM" plugin'
+        assert project["version"] == "0.2.0"
+        assert project["authors"] == [{"name": "Ada L.", "email": "you@example.com"}]
+        assert project["license"] == {"text": "MIT"}
+
+
+def test_refused_answer_writes_nothing(tmp_path: Path) -> None:
+    r = _scaffold_cli(tmp_path, "zed", "\nnot an identifier!\n\n\n\n\n")
+    assert r.returncode == 2
+    assert "architecture 'not an identifier!' is not a valid architecture name" in r.stderr
+    assert "refused an answer" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_closed_stdin_is_a_clear_error(tmp_path: Path) -> None:
+    r = _scaffold_cli(tmp_path, "zed", None)
+    assert r.returncode == 2
+    assert "use --no-input" in r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 # -- the template comes from the installed package -----------------------------------------
 
 

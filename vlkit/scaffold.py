@@ -123,6 +123,9 @@ def _run_cookiecutter(tpl: Path, name: str, out: Path, target: Path, no_input: b
     except (CookiecutterException, OSError) as exc:
         _cleanup(target, out, made_out, empty_target)
         raise ScaffoldError(f"could not create {target}: {type(exc).__name__}: {exc}") from exc
+    except EOFError as exc:  # prompts with stdin closed
+        _cleanup(target, out, made_out, empty_target)
+        raise ScaffoldError("input ended before every question was answered; use --no-input for the defaults") from exc
     except BaseException:  # Ctrl-C at a prompt: leave nothing half-written
         _cleanup(target, out, made_out, empty_target)
         raise
