@@ -14,7 +14,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
 plugins=()
 for p in plugins/*/pyproject.toml; do
-  [ -f "$p" ] && plugins+=(-e "$(dirname "$p")")
+  # each plugin's [dev] extra holds what its tests need (pip ignores a plugin without one)
+  [ -f "$p" ] && plugins+=(-e "$(dirname "$p")[dev]")
 done
 "${PIP[@]}" install -e ".[dev,serve,bench]" "${plugins[@]}" 2>&1 | grep -v '^WARNING: Location' || true
 "$VENV/bin/python" -c "import vlkit, torch; print('vlkit', vlkit.__version__, 'torch', torch.__version__)"
