@@ -18,6 +18,7 @@ import torch
 from vlkit.engine.kv_cache import allocate_kv_cache, free_device_bytes
 from vlkit.engine.sequence import ScheduledChunk, Sequence
 from vlkit.layers.attention import AttentionContext, PrefillChunk
+from vlkit.layers.linear import prepack_linears
 from vlkit.loader import load_backbone
 from vlkit.models.spec import LanguageModelSpec
 
@@ -99,6 +100,9 @@ class ModelRunner:
             # each worker gets its own rank through _worker_main -> ModelRunner(rank=...)
         try:
             self.model = load_backbone(spec, self.device, self.dtype)
+            self.num_prepacked = 0
+            if self.device.type == "cpu" and self.dtype == torch.float32:
+                self.num_prepacked = prepack_linears(self.model)
             self.worker_memory = self.workers.wait("loaded") if self.workers else []
         except Exception:
             self.close()
@@ -242,7 +246,7 @@ class ModelRunner:
         if inp.zero_blocks:
             idx = torch.tensor(inp.zero_blocks, device=dev)
             for c in self.kv_caches:
-                c[:, idx] = 0
+                c.index_fill_(1, idx, 0)
         ctx = self._context(inp)
         x = self.model.embed_tokens(inp.input_ids.to(dev))
         for off, emb in inp.embeddings:

@@ -91,8 +91,9 @@ def paged_attention(
     out = torch.empty_like(q)
     n = ctx.num_single
     if n:
-        kv = cache[:, ctx.single_block_tables]  # [2, n, max_blocks, block_size, kvh, D]
-        kv = kv.flatten(2, 3).transpose(2, 3)  # [2, n, kvh, L, D]
+        # index_select is ~10x faster than advanced indexing on CPU
+        kv = cache.index_select(1, ctx.single_block_tables.flatten())  # [2, n * max_blocks, bs, kvh, D]
+        kv = kv.view(2, n, -1, cache.shape[-2], cache.shape[-1]).transpose(2, 3)  # [2, n, kvh, L, D]
         o = F.scaled_dot_product_attention(
             q[:n].unsqueeze(2), kv[0], kv[1], attn_mask=ctx.single_mask, scale=scale, enable_gqa=True
         )
@@ -104,7 +105,7 @@ def paged_attention(
             ks, vs = k[s:e].transpose(0, 1), v[s:e].transpose(0, 1)
             o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
         else:
-            kv = cache[:, c.block_table].flatten(1, 2)[:, : c.context_len].transpose(1, 2)
+            kv = cache.index_select(1, c.block_table).flatten(1, 2)[:, : c.context_len].transpose(1, 2)
             o = F.scaled_dot_product_attention(qs, kv[0], kv[1], attn_mask=c.mask, scale=scale, enable_gqa=True)
         out[s:e] = o.transpose(0, 1)
     return out
@@ -130,7 +131,7 @@ def _flash_attention(q, k, v, ctx: AttentionContext, cache: torch.Tensor, scale:
         if c.mask is None:
             ks, vs = k[s:e], v[s:e]
         else:
-            kv = cache[:, c.block_table].flatten(1, 2)[:, : c.context_len]
+            kv = cache.index_select(1, c.block_table).flatten(1, 2)[:, : c.context_len]
             ks, vs = kv[0], kv[1]
         cu_q = torch.tensor([0, c.length], dtype=torch.int32, device=q.device)
         cu_k = torch.tensor([0, ks.shape[0]], dtype=torch.int32, device=q.device)

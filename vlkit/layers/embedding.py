@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkit.distributed import all_reduce, gather_to_first, tp_rank, tp_world_size
-from vlkit.layers.linear import check_weight_shape
+from vlkit.layers.linear import check_weight_shape, linear
 
 
 class VocabParallelEmbedding(nn.Module):
@@ -50,9 +50,10 @@ class ParallelLMHead(VocabParallelEmbedding):
         super().__init__(num_embeddings, embedding_dim)
         if bias:
             raise NotImplementedError("LM head bias is not supported")
+        self.packed_weight = None  # see vlkit.layers.linear.prepack_linears
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
-        logits = F.linear(hidden, self.weight)
+        logits = linear(hidden, self.weight, None, self.packed_weight)
         if self.tp_size == 1:
             return logits
         full = gather_to_first(logits, dim=-1)

@@ -5,9 +5,15 @@ the *full* checkpoint tensor, checks its shape (raising :class:`vlkit.loader.Wei
 naming the expected full shape), slices this rank's part and copies it in. Packed layers (merged
 gate/up, fused QKV) take a ``shard_id`` naming which part the tensor is, and list the shard ids
 they expect in ``param.shard_ids`` so the loader can report a missing one.
+
+On CPU in fp32, :func:`prepack_linears` hands the weights to oneDNN in its blocked layout once
+after loading (MKL's sgemm is slow on small batches, and on AMD CPUs in general); every linear
+then runs through :func:`linear`, which uses the packed weight when there is one.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +31,59 @@ def check_weight_shape(param: nn.Parameter, expected: tuple[int, ...], got: torc
 def _copy(param: nn.Parameter, dst: torch.Tensor, src: torch.Tensor) -> None:
     with torch.no_grad():
         dst.copy_(src)
+
+
+def onednn_available() -> bool:
+    ops = getattr(torch.ops, "mkldnn", None)
+    return (
+        os.environ.get("VLKIT_ONEDNN", "1") != "0"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_linear_pointwise")
+        and hasattr(ops, "_reorder_linear_weight")
+    )
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, packed=None) -> torch.Tensor:
+    """``x @ weight.T + bias``, through oneDNN when ``packed`` holds the prepacked weight."""
+    if packed is not None:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return F.linear(x, weight, bias)
+
+
+def prepack_linears(model: nn.Module, batch_hint: int = 16) -> int:
+    """Prepack the weight of every layer with a ``packed_weight`` slot for oneDNN (CPU, fp32).
+
+    The dense copy of a weight used nowhere else is released. Returns how many were packed;
+    0 (and nothing changed) when oneDNN is unavailable or disagrees with ``F.linear``.
+    """
+    if not onednn_available():
+        return 0
+    layers = [m for m in model.modules() if hasattr(m, "packed_weight")]
+    if not layers:
+        return 0
+    with torch.no_grad():
+        try:  # check the op on this build before trusting it
+            w = torch.randn(24, 40)
+            x = torch.randn(5, 40)
+            got = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, batch_hint),
+                                                     None, "none", [], "")
+            if not torch.allclose(got, F.linear(x, w), atol=1e-4, rtol=1e-4):
+                return 0
+        except Exception:
+            return 0
+        owners: dict[int, int] = {}
+        for m in model.modules():
+            for p in m.parameters(recurse=False):
+                owners[id(p)] = owners.get(id(p), 0) + 1
+        shared = {k for k, v in owners.items() if v > 1}
+        for m in layers:
+            w = m.weight
+            if w.dtype != torch.float32 or w.device.type != "cpu" or w.dim() != 2:
+                continue
+            m.packed_weight = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch_hint)
+            if id(w) not in shared:
+                w.data = torch.empty(0, dtype=w.dtype)  # the packed copy replaces it
+    return len(layers)
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
@@ -45,9 +104,10 @@ class ReplicatedLinear(nn.Module):
             self.bias.weight_loader = default_weight_loader
         else:
             self.register_parameter("bias", None)
+        self.packed_weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.packed_weight)
 
 
 class ColumnParallelLinear(nn.Module):
@@ -68,6 +128,7 @@ class ColumnParallelLinear(nn.Module):
             self.bias.weight_loader = self.weight_loader
         else:
             self.register_parameter("bias", None)
+        self.packed_weight = None
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         full = (self.out_features,) + tuple(param.shape[1:])
@@ -76,7 +137,7 @@ class ColumnParallelLinear(nn.Module):
         _copy(param, param.data, loaded.narrow(0, self.tp_rank * n, n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return linear(x, self.weight, self.bias, self.packed_weight)
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -171,6 +232,7 @@ class RowParallelLinear(nn.Module):
             self.bias.weight_loader = default_weight_loader
         else:
             self.register_parameter("bias", None)
+        self.packed_weight = None
 
     def weight_loader(self, param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
         check_weight_shape(param, (param.shape[0], self.in_features), loaded)
@@ -179,8 +241,8 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.tp_size == 1:
-            return F.linear(x, self.weight, self.bias)
-        y = all_reduce(F.linear(x, self.weight))
+            return linear(x, self.weight, self.bias, self.packed_weight)
+        y = all_reduce(linear(x, self.weight, None, self.packed_weight))
         if self.bias is not None:
             y = y + self.bias
         return y
