@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
+import torch
 from engine_helpers import prompts
 
 from vlkit.config import EngineConfig, GenerationConfig
@@ -47,7 +50,7 @@ def test_image_hashes_key_the_prefix_cache(llama_path):
     with _engine(llama_path, num_blocks=64) as eng:
         bm = eng.block_manager
         p = prompts(1, seed=23, lo=50, hi=51)[0]
-        emb = eng.runner.model.embed_tokens(__import__("torch").tensor(p[10:20])).detach()
+        emb = eng.runner.model.embed_tokens(torch.tensor(p[10:20])).detach()
 
         def run(h):
             rid = eng.add_request(None, p, GEN, input_embeddings=[emb], embedding_ranges=[(10, 20)],
@@ -130,3 +133,34 @@ def test_incremental_outputs(llama_path):
                 assert o.token_ids == seen
                 last = o
         assert last.finished and len(seen) == 5
+
+
+def test_add_and_abort_from_another_thread(llama_path, reference):
+    import threading
+
+    ps, ref = reference
+    with _engine(llama_path, num_blocks=256) as eng:
+        results, stop = {}, threading.Event()
+
+        def loop():
+            while not stop.is_set():
+                for o in eng.step():
+                    if o.finished:
+                        results[o.request_id] = o
+
+        t = threading.Thread(target=loop)
+        t.start()
+        try:
+            for i, p in enumerate(ps):
+                eng.add_request(f"t{i}", p, GEN)
+            eng.add_request("victim", ps[0], GenerationConfig(max_new_tokens=200, ignore_eos=True))
+            eng.abort("victim")
+            deadline = time.time() + 60
+            while len(results) < 9 and time.time() < deadline:
+                time.sleep(0.01)
+        finally:
+            stop.set()
+            t.join()
+        assert [results[f"t{i}"].token_ids for i in range(8)] == ref
+        assert results["victim"].finish_reason == "abort"
+        assert eng.block_manager.num_used_blocks == 0
