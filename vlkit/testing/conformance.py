@@ -150,10 +150,12 @@ def make_test_image(kind: str, seed: int = 0) -> Any:
 def upright_rgb(image: Any) -> Any:
     """What the reference processor is given for a test image.
 
-    Bytes are decoded and EXIF orientation applied (transformers' processors do neither);
-    16-bit images go through :func:`vlkit.media.to_rgb` (transformers cannot convert them);
-    every other mode is given as is, so the reference's own RGB conversion (alpha composited
-    on white) is what vlkit must match.
+    Bytes are decoded and EXIF orientation applied (transformers' processors do neither).
+    Images with transparency and 16-bit images go through :func:`vlkit.media.to_rgb`
+    (alpha composited on white): transformers changed its own rule between versions (5.17
+    drops alpha, 5.23 composites on white) and cannot convert 16-bit images; vlkit's rule is
+    the core's, the same for every family. Other modes (L, P, CMYK) are given as they are, so
+    the reference's own conversion is what vlkit must match.
     """
     import base64
 
@@ -165,7 +167,7 @@ def upright_rgb(image: Any) -> Any:
         image = Image.open(io.BytesIO(image))
         image.load()
     image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I;16") or image.mode == "I":
+    if image.mode.startswith("I;16") or image.mode in ("I", "RGBA", "LA", "PA") or "transparency" in image.info:
         from vlkit.media import to_rgb
 
         image = to_rgb(image)

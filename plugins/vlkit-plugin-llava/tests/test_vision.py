@@ -118,7 +118,7 @@ def test_original_15_pads_with_mean_colour(ckpts, hf_models):
     from vlkit_plugin_llava.testing import _pil_processor
 
     twin = LlavaForConditionalGeneration.from_pretrained(ckpts["llava"]).eval()
-    clip = AutoProcessor.from_pretrained(ckpts["llava"]).image_processor
+    clip = _pil_processor("CLIPImageProcessor", **AutoProcessor.from_pretrained(ckpts["llava"]).image_processor.to_dict())
     pad = _pil_processor(
         "LlavaImageProcessor", do_pad=True, size={"shortest_edge": clip.size.shortest_edge},
         crop_size={"height": clip.crop_size.height, "width": clip.crop_size.width},
@@ -143,14 +143,17 @@ def test_original_15_pads_with_mean_colour(ckpts, hf_models):
 def test_original_16_equals_next_twin(ckpts, hf_models):
     """Original anyres (pinpoints in (w, h), paste on black, squashed base tile, truncating
     unpad) gives the NeXT twin's features for images where rounding and truncation agree."""
+    from vlkit_plugin_llava.testing import _pil_processor
+
     model, proc = hf_models["next"]
+    pil = _pil_processor("LlavaNextImageProcessor", **proc.image_processor.to_dict())  # the original used PIL
     vm = vision(ckpts["orig16"])
     assert vm.layout.pinpoints == tuple(tuple(p) for p in model.config.image_grid_pinpoints)
     imgs = images()
     items, feats = encode(vm, imgs)
     for img, item, f in zip(imgs, items, feats):
-        ref = hf_features(model, proc.image_processor, img)
-        hf_px = proc.image_processor(images=[img], return_tensors="pt")["pixel_values"][0]
+        ref = hf_features(model, pil, img)
+        hf_px = pil(images=[img], return_tensors="pt")["pixel_values"][0]
         assert torch.equal(item.data["pixel_values"], hf_px[: item.data["pixel_values"].shape[0]])
         torch.testing.assert_close(f, ref, atol=1e-5, rtol=1e-5)
 

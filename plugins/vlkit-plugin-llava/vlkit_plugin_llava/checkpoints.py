@@ -126,13 +126,7 @@ def _configs(size: str, image_size: int, vocab: int, seed_text_std: float) -> tu
 def _image_processor(cls_name: str, image_size: int, **extra: Any) -> Any:
     import transformers
 
-    cls = getattr(transformers, cls_name + "Pil", None)
-    try:
-        import torchvision  # noqa: F401
-
-        cls = getattr(transformers, cls_name)
-    except ImportError:
-        cls = cls or getattr(transformers, cls_name)
+    cls = getattr(transformers, cls_name + "Pil", None) or getattr(transformers, cls_name)
     return cls(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}, **extra
     )

@@ -131,4 +131,4 @@ def _pil_processor(name: str, **kwargs: Any) -> Any:
     import transformers
 
     cls = getattr(transformers, name + "Pil", None) or getattr(transformers, name)
-    return cls(**kwargs)
+    return cls(**{k: v for k, v in kwargs.items() if k not in ("image_processor_type", "processor_class")})

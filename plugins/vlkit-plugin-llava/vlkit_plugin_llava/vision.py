@@ -299,15 +299,11 @@ def expand_to_square(image: Any, background: tuple[int, ...]) -> Any:
 
 
 def _clip_image_processor(path: Path | None) -> Any:
+    """The tower's CLIPImageProcessor, PIL backend: the original LLaVA code ran transformers'
+    PIL-based CLIP processor, and the torchvision one resizes slightly differently."""
     import transformers
 
-    cls = getattr(transformers, "CLIPImageProcessorPil", None)
-    try:
-        import torchvision  # noqa: F401
-
-        cls = transformers.CLIPImageProcessor
-    except ImportError:
-        cls = cls or transformers.CLIPImageProcessor
+    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
     return cls.from_pretrained(str(path))
 
 
