@@ -241,3 +241,63 @@ def test_unpad_truncates_in_the_original_and_rounds_in_transformers():
     h, w = found[0]
     exact = h * (84 / w) if w / h > 2 else w * (42 / h)
     assert abs(exact - round(exact)) < 1e-6  # a float a hair off an integer
+
+
+def test_feature_layer_list_and_full_strategy(tmp_path):
+    """vision_feature_layer as a list (features concatenated) and strategy "full" (CLS kept)."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from vlkit_plugin_llava.checkpoints import tiny_llava
+
+    path = tiny_llava(tmp_path / "v", vision_feature_layer=[-3, -1], vision_feature_select_strategy="full")
+    model = LlavaForConditionalGeneration.from_pretrained(path).eval()
+    proc = AutoProcessor.from_pretrained(path)
+    vm = vision(path)
+    assert len(vm.model.tower.encoder.layers) == model.config.vision_config.num_hidden_layers
+    imgs = images()[:3]
+    items, feats = encode(vm, imgs)
+    for img, item, f in zip(imgs, items, feats):
+        torch.testing.assert_close(f, hf_features(model, proc.image_processor, img), atol=1e-5, rtol=1e-5)
+        ids = proc(text="<image>", images=[img])["input_ids"][0]
+        assert item.num_tokens == sum(1 for t in ids if t == proc.image_token_id) == 17
+
+
+@pytest.mark.parametrize("layout", ["transformers>=4.52", "llava-hf hub (transformers<4.52)"])
+def test_every_saved_key_layout_loads(ckpts, tmp_path, layout):
+    """llava-hf checkpoints exist with model.vision_tower.vision_model.* / model.multi_modal_projector.*
+    (newer transformers) and vision_tower.vision_model.* / multi_modal_projector.* (the hub's
+    older files); both load to the same features."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "renamed"
+    shutil.copytree(ckpts["next"], out)
+    state = load_file(out / "model.safetensors")
+    renamed = {}
+    for k, v in state.items():
+        if k.startswith("vision_tower."):
+            k = "vision_tower.vision_model." + k[len("vision_tower."):]
+        elif k.startswith("language_model.model."):
+            k = "model.language_model." + k[len("language_model.model."):] if layout.startswith("transformers") else k
+        if layout.startswith("transformers") and not k.startswith(("model.", "language_model.lm_head")):
+            k = "model." + k
+        if layout.startswith("transformers") and k.startswith("language_model.lm_head."):
+            k = "lm_head." + k[len("language_model.lm_head."):]
+        renamed[k] = v
+    save_file(renamed, out / "model.safetensors", metadata={"format": "pt"})
+    imgs = images()[:2]
+    _, a = encode(vision(ckpts["next"]), imgs)
+    _, b = encode(vision(out), imgs)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+def test_fp16_original_checkpoint_loads_in_fp32(ckpts, tmp_path):
+    from vlkit_plugin_llava.checkpoints import tiny_llava_original
+
+    half = tiny_llava_original(tmp_path / "half", version="1.5", hf_checkpoint=ckpts["llava"], dtype="float16")
+    vm = vision(half)
+    assert next(vm.model.parameters()).dtype == torch.float32
+    imgs = images()[:2]
+    _, a = encode(vm, imgs)
+    _, b = encode(vision(ckpts["orig15"]), imgs)
+    for x, y in zip(a, b):
+        assert (x - y).abs().max() < 0.05 * y.abs().max()

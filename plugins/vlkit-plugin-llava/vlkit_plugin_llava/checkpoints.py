@@ -152,8 +152,14 @@ def _save(model: Any, directory: Path, dtype: str, max_shard_size: str | None) -
 def tiny_llava(
     directory: str | Path, *, seed: int = 0, size: str = "tiny", dtype: str = "float32",
     max_shard_size: str | None = None, text_init_std: float = 0.2,
+    vision_feature_layer: int | list[int] = -2, vision_feature_select_strategy: str = "default",
 ) -> Path:
-    """Write a tiny ``LlavaForConditionalGeneration`` checkpoint (llava-hf/llava-1.5 layout)."""
+    """Write a tiny ``LlavaForConditionalGeneration`` checkpoint (llava-hf/llava-1.5 layout).
+
+    ``vision_feature_layer`` (an index or a list, concatenated) and
+    ``vision_feature_select_strategy`` (``"default"`` drops CLS, ``"full"`` keeps it) give
+    the variants transformers' LLaVA accepts; llava-1.5 uses -2 and ``"default"``.
+    """
     import torch
     from transformers import LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
@@ -167,16 +173,16 @@ def tiny_llava(
     config = LlavaConfig(
         vision_config=vision.to_dict(), text_config=text.to_dict(),
         image_token_index=tok.convert_tokens_to_ids("<image>"), pad_token_id=tok.pad_token_id,
-        vision_feature_layer=-2, vision_feature_select_strategy="default", projector_hidden_act="gelu",
-        image_seq_length=n_tokens, tie_word_embeddings=False,
+        vision_feature_layer=vision_feature_layer, vision_feature_select_strategy=vision_feature_select_strategy,
+        projector_hidden_act="gelu", image_seq_length=n_tokens, tie_word_embeddings=False,
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(config).eval()
     _save(model, directory, dtype, max_shard_size)
     processor = LlavaProcessor(
         image_processor=_image_processor("CLIPImageProcessor", image_size), tokenizer=tok,
-        patch_size=PATCH_SIZE, vision_feature_select_strategy="default", num_additional_image_tokens=1,
-        chat_template=_template("llava-hf"),
+        patch_size=PATCH_SIZE, vision_feature_select_strategy=vision_feature_select_strategy,
+        num_additional_image_tokens=1, chat_template=_template("llava-hf"),
     )
     processor.save_pretrained(str(directory))
     return directory
