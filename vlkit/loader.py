@@ -86,7 +86,10 @@ def iter_checkpoint_tensors(model_path: str) -> Iterator[tuple[str, torch.Tensor
                 for name in f.keys():
                     yield name, f.get_tensor(name)
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
+                state = torch.load(path, map_location="cpu", weights_only=True)
             yield from state.items()
             del state
 
