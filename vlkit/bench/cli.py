@@ -1,8 +1,9 @@
-"""``vlkit bench WORKLOAD``: print one table, write a JSON record and a PNG plot."""
+"""``vlkit bench WORKLOAD``: print one table, write a JSON record (and a PNG plot for w1)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import time
 from pathlib import Path
@@ -17,15 +18,20 @@ def run_cli(args: argparse.Namespace) -> int:
         res = vlm.run_w1(args.requests, args.new_tokens, skip_hf=args.skip_hf)
         print(vlm.format_table(res))
         js, png = vlm.save(res, output)
-    elif workload == "w1-text":
+        print(f"wrote {js}" + (f" and {png}" if png else ""))
+        return 0
+    if workload == "w1-text":
         from vlkit.bench import text
 
-        res = text.run_text_bench(args.requests, args.new_tokens, skip_hf=args.skip_hf)
-        print(text.format_table(res))
+        res = text.run_text_bench(num_requests=args.requests, new_tokens=args.new_tokens, skip_hf=args.skip_hf,
+                                  print_table=True)
+        output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(res, indent=2))
-        js, png = output, None
-    else:
-        print(f"vlkit bench: unknown workload {workload!r}; choose w1 or w1-text")
+        print(f"wrote {output}")
+        return 0
+    try:  # a plugin's own workload: vlkit_plugin_NAME.bench.run_cli
+        mod = importlib.import_module(f"vlkit_plugin_{workload.replace('-', '_')}.bench")
+    except ImportError:
+        print(f"vlkit bench: unknown workload {workload!r}; choose w1, w1-text, or a plugin's (e.g. mobilevlm)")
         return 2
-    print(f"wrote {js}" + (f" and {png}" if png else ""))
-    return 0
+    return int(mod.run_cli(args) or 0)
