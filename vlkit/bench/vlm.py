@@ -88,11 +88,17 @@ def run_vlkit(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, **engi
     }
 
 
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _hf_model(path: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).to(_device()).eval()
     proc = AutoProcessor.from_pretrained(str(path))
     return model, proc
 
@@ -114,7 +120,7 @@ def run_hf(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, batched: 
     def go(batch: list[tuple[str, bytes]]) -> int:
         images = [Image.open(io.BytesIO(b)).convert("RGB") for _, b in batch]
         texts = [_hf_prompt(proc, q) for q, _ in batch]
-        inputs = proc(images=images, text=texts, return_tensors="pt", padding=True)
+        inputs = proc(images=images, text=texts, return_tensors="pt", padding=True).to(_device())
         out = model.generate(**inputs, **gen)
         return (out.shape[1] - inputs["input_ids"].shape[1]) * len(batch)
 
@@ -150,7 +156,7 @@ def run_w1(num_requests: int = 16, new_tokens: int = 64, skip_hf: bool = False, 
         "workload": "w1",
         "num_requests": num_requests,
         "new_tokens": new_tokens,
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "device": _device(),
                     "torch_threads": torch.get_num_threads(), "read_bandwidth_GBps": bw / 1e9,
                     "matmul_GFLOPs_1024": peak / 1e9},
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
@@ -205,7 +211,8 @@ def plot(res: dict[str, Any], path: str | Path) -> Path | None:
     bars = ax.bar(labels, values, color=["#2b6cb0", "#a0aec0", "#cbd5e0"][: len(values)])
     ax.bar_label(bars, fmt="%.0f")
     ax.set_ylabel("output tokens / s")
-    ax.set_title(f"{res['workload']}: {res['num_requests']} requests x {res['new_tokens']} tokens (CPU, fp32)")
+    where = res["machine"].get("device", "cpu").upper()
+    ax.set_title(f"{res['workload']}: {res['num_requests']} requests x {res['new_tokens']} tokens ({where}, fp32)")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
