@@ -1,0 +1,94 @@
+"""vlkit hook implementations of the MobileVLM plugin (the ``vlkit`` entry point).
+
+One family, ``mobilevlm``: ``MobileLlamaForCausalLM`` checkpoints (mtgv/MobileVLM-1.7B, -3B,
+MobileVLM_V2-1.7B/3B/7B). The language model is LLaMA (MobileLLaMA or Vicuna) on the core's
+backbone; the vision side is :class:`vlkit_plugin_mobilevlm.vision.MobileVLMVisionModel`.
+
+This module imports no torch and no transformers: model code loads inside the hooks.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vlkit.hookspecs import hookimpl
+from vlkit.registry import ModelFamily
+from vlkit_plugin_mobilevlm.layout import ARCHITECTURE
+
+FAMILY = "mobilevlm"
+
+
+def _core_template(name: str) -> str:
+    return str(resources.files("vlkit").joinpath("templates", f"{name}.jinja"))
+
+
+def tiny_checkpoint(directory: str | Path, **options: Any) -> Path:
+    """Write a tiny random-weight MobileVLM checkpoint (:func:`vlkit_plugin_mobilevlm.checkpoints.tiny_mobilevlm`)."""
+    from vlkit_plugin_mobilevlm.checkpoints import tiny_mobilevlm
+
+    return tiny_mobilevlm(directory, **options)
+
+
+@hookimpl
+def vlkit_register_families() -> list[ModelFamily]:
+    return [
+        ModelFamily(
+            name=FAMILY,
+            architectures=(ARCHITECTURE,),
+            chat_templates={"vicuna-v1": _core_template("vicuna-v1")},
+            tiny_checkpoint=tiny_checkpoint,
+            description="MobileVLM / MobileVLM V2: CLIP + LDP / LDPv2 projector + MobileLLaMA (mtgv/MobileVLM_V2-1.7B)",
+        )
+    ]
+
+
+def _ours(family: Any) -> bool:
+    return getattr(family, "name", None) == FAMILY
+
+
+@hookimpl
+def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> Any:
+    if not _ours(family):
+        return None
+    from vlkit_plugin_mobilevlm.vision import MobileVLMVisionModel
+
+    return MobileVLMVisionModel(family, hf_config, model_path, vision_config)
+
+
+@hookimpl
+def vlkit_chat_template_wrapper(
+    family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any, chat_template_config: Any
+) -> Any:
+    if not _ours(family):
+        return None
+    from vlkit_plugin_mobilevlm.chat import MobileVLMChatTemplate
+
+    return MobileVLMChatTemplate(family, hf_config, model_path, tokenizer, chat_template_config)
+
+
+# config.json keys that describe the vision side or training, not the LLaMA backbone
+_NOT_TEXT = {
+    "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower", "use_mm_proj",
+    "vision_tower_type", "vision_tower", "tokenizer_model_max_length", "tokenizer_padding_side",
+}
+
+
+@hookimpl
+def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path: Path) -> Any:
+    """MobileLLaMA / Vicuna under ``model.*`` and ``lm_head.*``; the tower and projector are skipped."""
+    if not _ours(family):
+        return None
+    from vlkit.models.spec import LanguageModelSpec
+
+    config = {k: v for k, v in hf_config.items() if k not in _NOT_TEXT and not k.startswith(("mm_", "image_"))}
+    config["model_type"] = "llama"
+    config["architectures"] = ["LlamaForCausalLM"]
+    return LanguageModelSpec(
+        "LlamaForCausalLM",
+        config,
+        str(model_path),
+        weight_prefixes=(("model.", "model."), ("lm_head.", "lm_head.")),
+        exclude_prefixes=("model.mm_projector.", "model.vision_tower."),
+    )

@@ -1,0 +1,221 @@
+"""MobileVLM's VisionModel: CLIP tower (layer -2, CLS dropped) + LDP / LDPv2 projector.
+
+Preprocessing reproduces the MobileVLM repository's ``mobilevlm.utils.process_images``: with
+``image_aspect_ratio: "pad"`` the image is pasted centred on a square of its longer side filled
+with the processor's mean colour (``expand2square``), then the tower's ``CLIPImageProcessor``
+(transformers' PIL implementation, as the original ran) resizes and centre-crops it.
+
+Weights: the tower's tensors come from the checkpoint (``model.vision_tower.vision_tower.
+vision_model.*``, carried by every released MobileVLM) when present, else from the
+``mm_vision_tower`` checkpoint; the tower's config and image processor always come from
+``mm_vision_tower`` (as in the original). When the checkpoint carries the tower, a hub id is
+fetched without its weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from vlkit.vision import ImageItem, VisionModel
+from vlkit_plugin_mobilevlm.layout import MobileVLMConfigError, MobileVLMLayout, layout_from_config
+from vlkit_plugin_mobilevlm.weights import read_tensors, weight_files
+
+TOWER_IN_CHECKPOINT = "model.vision_tower.vision_tower."
+PROJECTOR_PREFIX = "model.mm_projector."
+
+
+class MobileVLMWeightError(ValueError):
+    """The checkpoint lacks vision tensors or has them in the wrong shape."""
+
+
+def _checkpoint_tensor_names(model_path: Path) -> list[str]:
+    kind, by_file, files = weight_files(model_path)
+    if by_file is not None:
+        return [n for names in by_file.values() for n in names]
+    if kind == "safetensors":
+        from safetensors import safe_open
+
+        names: list[str] = []
+        for f in files:
+            with safe_open(str(f), framework="pt", device="cpu") as h:
+                names.extend(h.keys())
+        return names
+    from vlkit_plugin_mobilevlm.weights import _load_bin
+
+    return [n for f in files for n in _load_bin(f)]
+
+
+def resolve_vision_tower(name: str, model_path: Path, need_weights: bool) -> Path:
+    """A local directory for ``mm_vision_tower``: a directory (as given, or relative to the
+    checkpoint), else a hub id through :func:`vlkit.registry.resolve_model_path` — or, when the
+    checkpoint carries the tower's weights, only the hub repository's config files."""
+    from vlkit.registry import resolve_model_path
+
+    rel = Path(model_path) / name
+    if not Path(name).expanduser().is_dir() and rel.is_dir():
+        return rel
+    local = Path(name).expanduser()
+    if local.is_dir() or need_weights or name.startswith((".", "/", "~")):
+        try:
+            return resolve_model_path(name)
+        except (FileNotFoundError, ValueError) as exc:
+            raise FileNotFoundError(
+                f"mm_vision_tower {name!r} of {model_path}: {exc} (MobileVLM takes its CLIP tower's config and "
+                "image processor from there)"
+            ) from exc
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt"]))
+    except Exception as exc:
+        raise FileNotFoundError(
+            f"mm_vision_tower {name!r} of {model_path} is neither a local directory nor a reachable hub id "
+            f"({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def clip_vision_config(raw: dict[str, Any], where: str) -> dict[str, Any]:
+    """A complete CLIP vision config dict (a full ``CLIPConfig``'s vision half; defaults filled in)."""
+    if raw.get("model_type") == "clip":
+        raw = raw.get("vision_config") or {}
+    mt = raw.get("model_type", "clip_vision_model")
+    if mt != "clip_vision_model":
+        raise MobileVLMConfigError(f"{where}: vision tower model_type {mt!r} is not CLIP")
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(**{k: v for k, v in raw.items() if k != "model_type"}).to_dict()
+
+
+class MobileVLMVisionModel(VisionModel):
+    """Vision side of ``MobileLlamaForCausalLM`` (MobileVLM V1 ``ldpnet``, V2 ``ldpnetv2``)."""
+
+    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> None:
+        super().__init__(family, hf_config, model_path, vision_config)
+        self.layout: MobileVLMLayout = layout_from_config(hf_config)
+        names = _checkpoint_tensor_names(self.model_path)
+        self.tower_in_checkpoint = any(n.startswith(TOWER_IN_CHECKPOINT) for n in names)
+        self.tower_dir = resolve_vision_tower(self.layout.vision_tower, self.model_path, not self.tower_in_checkpoint)
+        cfg_file = self.tower_dir / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"mm_vision_tower {self.layout.vision_tower!r}: no config.json in {self.tower_dir}")
+        self.tower_config = clip_vision_config(json.loads(cfg_file.read_text()), str(cfg_file))
+        if int(self.tower_config["hidden_size"]) != self.layout.mm_hidden:
+            raise MobileVLMConfigError(
+                f"config.json mm_hidden_size {self.layout.mm_hidden} != the tower's hidden_size "
+                f"{self.tower_config['hidden_size']}"
+            )
+        self.image_size = int(self.tower_config["image_size"])
+        self.grid = self.image_size // int(self.tower_config["patch_size"])
+        self.num_tokens = self.layout.num_tokens(self.grid)
+
+    # -- building ----------------------------------------------------------------------------
+    def build_preprocessor(self) -> Any:
+        import transformers
+
+        cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
+        proc = cls.from_pretrained(str(self.tower_dir))
+        crop = proc.crop_size
+        crop = int(crop["height"] if isinstance(crop, dict) else crop.height)
+        if crop != self.image_size:
+            raise MobileVLMConfigError(
+                f"the image processor of {self.tower_dir} crops to {crop} px but the tower takes {self.image_size} px"
+            )
+        self.preprocessor = proc
+        self._fill = tuple(int(x * 255) for x in proc.image_mean)
+        return proc
+
+    def build_model(self) -> Any:
+        import torch
+        from accelerate import init_empty_weights
+
+        from vlkit_plugin_mobilevlm.modeling import MobileVLMVision
+
+        lay = self.layout
+        with init_empty_weights():
+            module = MobileVLMVision(self.tower_config, lay.select_layer, lay.drop_cls, lay.projector, lay.lm_hidden)
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        tensors = self._read_weights(set(expected))
+        missing = [k for k in expected if k not in tensors]
+        wrong = [(k, s, tuple(tensors[k].shape)) for k, s in expected.items() if k in tensors and tuple(tensors[k].shape) != s]
+        if missing or wrong:
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} tensor(s): {', '.join(_original_name(k, self) for k in missing[:5])}")
+            if wrong:
+                parts.append("wrong shape: " + "; ".join(
+                    f"{_original_name(k, self)} expected {s}, got {g}" for k, s, g in wrong[:5]))
+            raise MobileVLMWeightError(f"vision weights of {self.model_path} do not fit: " + "; ".join(parts))
+        dtype = self.dtype or torch.float32
+        module.load_state_dict({k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}, assign=True)
+        module.requires_grad_(False)
+        self.model = module.eval().fuse()
+        return self.model
+
+    def _read_weights(self, expected: set[str]) -> dict[str, Any]:
+        def rule(src: str, dst: str) -> Any:
+            def select(name: str) -> str | None:
+                if name.startswith(src):
+                    new = dst + name[len(src):]
+                    return new if new in expected else None
+                return None
+            return select
+
+        out = read_tensors(self.model_path, rule(PROJECTOR_PREFIX, "projector."))
+        if self.tower_in_checkpoint:
+            out.update(read_tensors(self.model_path, rule(TOWER_IN_CHECKPOINT + "vision_model.", "tower.")))
+        else:
+            out.update(read_tensors(self.tower_dir, rule("vision_model.", "tower.")))
+        return out
+
+    # -- preprocessing -----------------------------------------------------------------------
+    def preprocess(self, images: list[Any], options: list[dict[str, Any]]) -> list[ImageItem]:
+        import torch
+
+        for i, opts in enumerate(options):
+            if opts:
+                raise ValueError(f"image {i}: MobileVLM takes no per-image options, got {sorted(opts)}")
+        if self.preprocessor is None:
+            self.build_preprocessor()
+        if self.layout.pad_to_square:
+            images = [expand_to_square(img, self._fill) for img in images]
+        pixels = torch.as_tensor(self.preprocessor(images=images, return_tensors="pt")["pixel_values"])
+        return [
+            ImageItem(num_tokens=self.num_tokens, data={"pixel_values": pixels[i]}, options=dict(opts))
+            for i, opts in enumerate(options)
+        ]
+
+    # -- encoding ----------------------------------------------------------------------------
+    def forward(self, items: list[ImageItem]) -> list[Any]:
+        import torch
+
+        if self.model is None:
+            raise RuntimeError("MobileVLMVisionModel.forward before build_model()")
+        p = next(self.model.parameters())
+        with torch.inference_mode():
+            pixels = torch.stack([it.data["pixel_values"] for it in items]).to(device=p.device, dtype=p.dtype)
+            feats = self.model(pixels)
+        if feats.shape[1] != self.num_tokens:
+            raise RuntimeError(f"the projector made {feats.shape[1]} tokens per image, expected {self.num_tokens}")
+        return list(feats.unbind(0))
+
+
+def _original_name(name: str, vm: MobileVLMVisionModel) -> str:
+    if name.startswith("projector."):
+        return PROJECTOR_PREFIX + name[len("projector."):]
+    rest = "vision_model." + name[len("tower."):]
+    return TOWER_IN_CHECKPOINT + rest if vm.tower_in_checkpoint else f"{rest} (in {vm.tower_dir})"
+
+
+def expand_to_square(image: Any, background: tuple[int, ...]) -> Any:
+    """MobileVLM's ``expand2square``: the image centred on a square of its longer side."""
+    from PIL import Image
+
+    w, h = image.size
+    if w == h:
+        return image
+    side = max(w, h)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
+    return canvas
