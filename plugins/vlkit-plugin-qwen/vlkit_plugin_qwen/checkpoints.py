@@ -1,0 +1,130 @@
+"""Tiny random-weight Qwen2-VL / Qwen2.5-VL checkpoints in the real on-disk layout.
+
+:func:`tiny_qwen2_vl` and :func:`tiny_qwen2_5_vl` build transformers'
+``Qwen2VLForConditionalGeneration`` / ``Qwen2_5_VLForConditionalGeneration`` (vision depth 2,
+embed 32, 2 heads, patch 14, merge 2, temporal patch 2; Qwen2 text model hidden 64, 2 layers,
+M-RoPE sections ``[2, 3, 3]``) and write what the hub repositories carry: ``config.json`` +
+``model.safetensors`` from ``save_pretrained`` (``model.*``, ``visual.*``, ``lm_head.*``),
+``preprocessor_config.json`` (``Qwen2VLImageProcessor`` with small ``min_pixels`` /
+``max_pixels``), ``generation_config.json`` (stop on ``<|im_end|>`` and ``<|endoftext|>``), a
+ChatML tokenizer with Qwen's special tokens and the checkpoints' chat template.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+QWEN_SPECIALS = (
+    "<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>",
+    "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>",
+)
+VOCAB_SIZE = 1024
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+TEMPLATE = Path(__file__).parent / "templates" / "qwen2-vl.jinja"
+
+
+def write_tokenizer(directory: str | Path) -> Any:
+    """A byte-level BPE ChatML tokenizer with Qwen2-VL's special tokens and chat template."""
+    from vlkit.testing.tokenizer import make_chatml_tokenizer, save_tokenizer
+
+    tok = make_chatml_tokenizer(special_tokens=list(QWEN_SPECIALS), vocab_size=1000,
+                                chat_template=TEMPLATE.read_text())
+    save_tokenizer(tok, directory)
+    return tok
+
+
+def _randomize(model: Any, seed: int) -> None:
+    """Weights large enough that every part (vision included) changes the logits."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if re.search(r"(norm\d?|ln_q|layernorm)\.weight$", name):
+                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.08 * torch.randn(p.shape, generator=g))
+
+
+def _text_config(**overrides: Any) -> dict[str, Any]:
+    cfg = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+        vocab_size=VOCAB_SIZE, max_position_embeddings=4096, rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [2, 3, 3]},
+        bos_token_id=0, eos_token_id=2, pad_token_id=0,
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def _finish(directory: Path, model: Any, tok: Any, min_pixels: int, max_pixels: int) -> Path:
+    model.save_pretrained(str(directory))
+    im_end, eot = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    (directory / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": eot, "eos_token_id": [im_end, eot], "pad_token_id": eot, "do_sample": False}, indent=2))
+    (directory / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "Qwen2VLImageProcessor", "processor_class": "Qwen2VLProcessor",
+        "min_pixels": min_pixels, "max_pixels": max_pixels, "patch_size": 14, "temporal_patch_size": 2,
+        "merge_size": 2, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
+        "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "do_convert_rgb": True, "resample": 3,
+    }, indent=2))
+    return directory
+
+
+def _token_ids(tok: Any) -> dict[str, int]:
+    ids = {name: tok.convert_tokens_to_ids(t) for name, t in (
+        ("image_token_id", "<|image_pad|>"), ("video_token_id", "<|video_pad|>"),
+        ("vision_start_token_id", "<|vision_start|>"), ("vision_end_token_id", "<|vision_end|>"))}
+    return ids
+
+
+def tiny_qwen2_vl(directory: str | Path, seed: int = 0, min_pixels: int = 28 * 28 * 4,
+                  max_pixels: int = 28 * 28 * 64, tie_word_embeddings: bool = False) -> Path:
+    """A tiny ``Qwen2VLForConditionalGeneration`` checkpoint (see the module doc)."""
+    import torch
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = write_tokenizer(directory)
+    cfg = Qwen2VLConfig(
+        vision_config=dict(depth=2, embed_dim=32, num_heads=2, mlp_ratio=2, hidden_size=64, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2, in_channels=3),
+        text_config=_text_config(tie_word_embeddings=tie_word_embeddings),
+        tie_word_embeddings=tie_word_embeddings,
+        **_token_ids(tok),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2VLForConditionalGeneration(cfg).eval()
+    _randomize(model, seed)
+    return _finish(directory, model, tok, min_pixels, max_pixels)
+
+
+def tiny_qwen2_5_vl(directory: str | Path, seed: int = 0, min_pixels: int = 28 * 28 * 4,
+                    max_pixels: int = 28 * 28 * 64, window_size: int = 56, tie_word_embeddings: bool = False) -> Path:
+    """A tiny ``Qwen2_5_VLForConditionalGeneration`` checkpoint: window attention in block 0,
+    full attention in block 1 (``fullatt_block_indexes=[1]``), SwiGLU MLPs, RMSNorm."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tok = write_tokenizer(directory)
+    cfg = Qwen2_5_VLConfig(
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+                           patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_channels=3,
+                           window_size=window_size, fullatt_block_indexes=[1], tokens_per_second=2,
+                           hidden_act="silu"),
+        text_config=_text_config(tie_word_embeddings=tie_word_embeddings),
+        tie_word_embeddings=tie_word_embeddings,
+        **_token_ids(tok),
+    )
+    torch.manual_seed(seed)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    _randomize(model, seed)
+    return _finish(directory, model, tok, min_pixels, max_pixels)

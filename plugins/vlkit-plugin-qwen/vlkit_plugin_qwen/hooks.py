@@ -1,0 +1,143 @@
+"""vlkit hook implementations of the Qwen plugin (the ``vlkit`` entry point).
+
+Families:
+
+* ``qwen2-vl`` — ``Qwen2VLForConditionalGeneration`` (Qwen/Qwen2-VL-2B/7B/72B-Instruct);
+* ``qwen2.5-vl`` — ``Qwen2_5_VLForConditionalGeneration`` (Qwen/Qwen2.5-VL-3B/7B/72B-Instruct).
+
+Both: the checkpoint's image processor and chat template, a Qwen2 language model with M-RoPE
+(the core's ``Qwen2ForCausalLM`` fed ``[3, T]`` positions).
+
+This module imports no torch and no transformers: model code loads inside the hooks.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from vlkit.hookspecs import hookimpl
+from vlkit.registry import ModelFamily
+
+FAMILY_QWEN2_VL = "qwen2-vl"
+FAMILY_QWEN2_5_VL = "qwen2.5-vl"
+_FAMILIES = (FAMILY_QWEN2_VL, FAMILY_QWEN2_5_VL)
+ARCH_QWEN2_VL = "Qwen2VLForConditionalGeneration"
+ARCH_QWEN2_5_VL = "Qwen2_5_VLForConditionalGeneration"
+# transformers' default when a config names no sections (Qwen2VLRotaryEmbedding)
+DEFAULT_MROPE_SECTION = [16, 24, 24]
+
+
+def _template(name: str) -> str:
+    return str(resources.files("vlkit_plugin_qwen").joinpath("templates", f"{name}.jinja"))
+
+
+def _factory(name: str) -> Any:
+    def tiny_checkpoint(directory: str | Path, **options: Any) -> Path:
+        from vlkit_plugin_qwen import checkpoints
+
+        return getattr(checkpoints, name)(directory, **options)
+
+    tiny_checkpoint.__name__ = name
+    tiny_checkpoint.__doc__ = f"Write a tiny random-weight checkpoint (vlkit_plugin_qwen.checkpoints.{name})."
+    return tiny_checkpoint
+
+
+@hookimpl
+def vlkit_register_families() -> list[ModelFamily]:
+    return [
+        ModelFamily(
+            name=FAMILY_QWEN2_VL,
+            architectures=(ARCH_QWEN2_VL,),
+            chat_templates={"qwen2-vl": _template("qwen2-vl")},
+            tiny_checkpoint=_factory("tiny_qwen2_vl"),
+            description="Qwen2-VL (Qwen/Qwen2-VL-7B-Instruct): dynamic resolution, M-RoPE",
+        ),
+        ModelFamily(
+            name=FAMILY_QWEN2_5_VL,
+            architectures=(ARCH_QWEN2_5_VL,),
+            chat_templates={"qwen2-vl": _template("qwen2-vl")},
+            tiny_checkpoint=_factory("tiny_qwen2_5_vl"),
+            description="Qwen2.5-VL (Qwen/Qwen2.5-VL-7B-Instruct): window attention, SwiGLU vision tower, M-RoPE",
+        ),
+    ]
+
+
+def _ours(family: Any) -> bool:
+    return getattr(family, "name", None) in _FAMILIES and getattr(family, "plugin", "qwen") in ("qwen", "")
+
+
+@hookimpl
+def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> Any:
+    if not _ours(family):
+        return None
+    from vlkit_plugin_qwen.vision import QwenVLVisionModel
+
+    return QwenVLVisionModel(family, hf_config, model_path, vision_config)
+
+
+@hookimpl
+def vlkit_chat_template_wrapper(
+    family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any, chat_template_config: Any
+) -> Any:
+    if not _ours(family):
+        return None
+    from vlkit_plugin_qwen.chat import Qwen2VLChatTemplate
+
+    return Qwen2VLChatTemplate(family, hf_config, model_path, tokenizer, chat_template_config)
+
+
+@hookimpl
+def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path: Path) -> Any:
+    if not _ours(family):
+        return None
+    return qwen2_vl_language_model_spec(hf_config, model_path)
+
+
+def text_config(hf_config: dict[str, Any]) -> dict[str, Any]:
+    """The Qwen2 text config of a Qwen2-VL / 2.5-VL ``config.json``.
+
+    transformers >= 4.52 nests it under ``text_config``; the released checkpoints (and older
+    transformers) keep it flat at the top level beside ``vision_config``. M-RoPE sections come
+    from ``rope_scaling`` / ``rope_parameters`` (``{"type": "mrope", "mrope_section": [...]}``),
+    transformers' ``[16, 24, 24]`` when absent. ``tie_word_embeddings`` is the top level's
+    when it has one (the whole model's setting).
+    """
+    nested = hf_config.get("text_config")
+    if isinstance(nested, dict):
+        text = dict(nested)
+        for key in ("rope_scaling", "rope_parameters", "rope_theta", "vocab_size", "max_position_embeddings"):
+            if key not in text and key in hf_config:
+                text[key] = hf_config[key]
+    else:
+        text = {k: v for k, v in hf_config.items() if k != "vision_config"}
+    if "tie_word_embeddings" in hf_config:
+        text["tie_word_embeddings"] = hf_config["tie_word_embeddings"]
+    sections = [text.get(k) for k in ("rope_parameters", "rope_scaling") if isinstance(text.get(k), dict)]
+    if not any(s.get("mrope_section") for s in sections):
+        key = "rope_parameters" if isinstance(text.get("rope_parameters"), dict) else "rope_scaling"
+        params = dict(text.get(key) or {"rope_type": "default"})
+        params["mrope_section"] = list(DEFAULT_MROPE_SECTION)
+        text[key] = params
+    text["model_type"] = "qwen2"
+    text["architectures"] = ["Qwen2ForCausalLM"]
+    return text
+
+
+def qwen2_vl_language_model_spec(hf_config: dict[str, Any], model_path: Path) -> Any:
+    from vlkit.models.spec import LanguageModelSpec
+
+    return LanguageModelSpec(
+        architecture="Qwen2ForCausalLM",
+        config=text_config(hf_config),
+        model_path=str(model_path),
+        weight_prefixes=(
+            ("model.language_model.", "model."),  # transformers 4.52-4.x on save
+            ("language_model.model.", "model."),
+            ("language_model.lm_head.", "lm_head."),
+            ("lm_head.", "lm_head."),
+            ("model.", "model."),  # the released checkpoints and transformers 5 on save
+        ),
+        exclude_prefixes=("model.visual.", "visual."),
+    )
