@@ -172,6 +172,33 @@ class QwenVLVisionModel(VisionModel):
         feats = out.pooler_output if hasattr(out, "pooler_output") else out
         return list(torch.split(feats, [it.num_tokens for it in items]))
 
+    # -- limits ------------------------------------------------------------------------------
+    def prompt_too_long(self, input_ids: list[int], items: list[ImageItem], session_len: int) -> str | None:
+        """A clear error when the images leave no room in ``session_len`` (called by the pipeline).
+
+        Suggests a ``max_pixels`` that makes the images fit with some room to generate: each image
+        of ``k`` tokens covers ``k × (patch × merge)²`` pixels.
+        """
+        n = len(input_ids)
+        if n < session_len:
+            return None
+        image_tokens = sum(it.num_tokens for it in items)
+        text_tokens = n - image_tokens
+        patch = getattr(self.preprocessor, "patch_size", 14)
+        unit = (int(patch) * self.merge_size) ** 2
+        budget = (session_len - text_tokens) * 3 // 4 // max(1, len(items))  # leave a quarter to generate
+        detail = ", ".join(
+            f"image {i}: {it.meta.get('size', ('?', '?'))[0]}x{it.meta.get('size', ('?', '?'))[1]} px -> "
+            f"{it.num_tokens} tokens (max_pixels {it.meta.get('max_pixels')})" for i, it in enumerate(items))
+        msg = (f"prompt of {n} tokens exceeds session_len {session_len}: its {len(items)} image(s) take "
+               f"{image_tokens} tokens ({detail}). Each {unit} pixels of an image cost one token; ")
+        if budget >= 4:
+            msg += (f"lower max_pixels per image, e.g. image_url: {{\"url\": ..., \"max_pixels\": {budget * unit}}} "
+                    f"(or max_pixels in preprocessor_config.json), or raise EngineConfig.session_len")
+        else:
+            msg += "the text alone nearly fills it: shorten the prompt or raise EngineConfig.session_len"
+        return msg
+
     # -- positions ---------------------------------------------------------------------------
     def mrope_positions(self, input_ids: list[int], items: list[ImageItem]) -> tuple[Any, int]:
         """``([3, len(input_ids)] LongTensor, delta)``, as transformers' ``get_rope_index``."""
