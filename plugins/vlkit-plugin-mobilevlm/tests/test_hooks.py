@@ -44,10 +44,11 @@ def _conv(images, text="What is this?"):
 
 
 def test_prompt_is_the_originals(ckpts) -> None:
+    from vlkit_plugin_mobilevlm.testing import EagerMobileVLM, vicuna_v1_prompt
+
     import vlkit
     from vlkit.config import EngineConfig
     from vlkit.testing.images import make_image
-    from vlkit_plugin_mobilevlm.testing import EagerMobileVLM, vicuna_v1_prompt
 
     img = make_image(30, 30)
     msgs = _conv([img]) + [

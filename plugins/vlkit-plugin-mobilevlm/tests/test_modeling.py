@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from vlkit_plugin_mobilevlm.modeling import LDPProjector, LDPv2Projector, build_projector
 
 DATA = Path(__file__).parent / "data" / "ldp_reference.safetensors"
@@ -61,9 +60,10 @@ def test_ldp_token_counts() -> None:
 
 
 def _vision_model(ckpt: Path):
+    from vlkit_plugin_mobilevlm.vision import MobileVLMVisionModel
+
     from vlkit.config import VisionConfig
     from vlkit.registry import get_registry
-    from vlkit_plugin_mobilevlm.vision import MobileVLMVisionModel
 
     cfg = json.loads((ckpt / "config.json").read_text())
     vm = MobileVLMVisionModel(get_registry().get_family("mobilevlm"), cfg, ckpt, VisionConfig())
@@ -76,8 +76,9 @@ def _vision_model(ckpt: Path):
 def test_vision_matches_transformers_clip(ckpts, which) -> None:
     """Tower layer -2 (CLS dropped) + projector == transformers CLIPVisionModel + the projector,
     on the checkpoint's tower weights (or mm_vision_tower's when the checkpoint has none)."""
-    from vlkit.testing.images import make_image
     from vlkit_plugin_mobilevlm.testing import EagerMobileVLM
+
+    from vlkit.testing.images import make_image
 
     ckpt = ckpts[which]
     vm = _vision_model(ckpt)
@@ -97,9 +98,9 @@ def test_vision_matches_transformers_clip(ckpts, which) -> None:
 def test_v2_uses_the_checkpoint_tower_not_mm_vision_tower(ckpts) -> None:
     """V2 fine-tuned its tower: the standalone tower the factory writes holds other weights."""
     from transformers import CLIPVisionModel
+    from vlkit_plugin_mobilevlm.checkpoints import clip_tower_path
 
     from vlkit.testing.images import make_image
-    from vlkit_plugin_mobilevlm.checkpoints import clip_tower_path
 
     vm = _vision_model(ckpts["v2"])
     px = torch.stack([it.data["pixel_values"] for it in vm.preprocess([make_image(40, 40)], [{}])])
@@ -113,9 +114,10 @@ def test_v2_uses_the_checkpoint_tower_not_mm_vision_tower(ckpts) -> None:
 def test_language_model_matches_transformers_llama(ckpts) -> None:
     """The core's LLaMA backbone, loaded through this plugin's LanguageModelSpec from the
     ``.bin`` checkpoint (tower and projector tensors skipped), == ``LlamaForCausalLM``."""
+    from vlkit_plugin_mobilevlm.testing import EagerMobileVLM
+
     import vlkit
     from vlkit.config import EngineConfig
-    from vlkit_plugin_mobilevlm.testing import EagerMobileVLM
 
     ckpt = ckpts["v1"]
     ref = EagerMobileVLM(ckpt)

@@ -83,7 +83,13 @@ class EagerMobileVLM:
     def __init__(self, model_dir: str | Path, dtype: Any = None) -> None:
         import torch
         import transformers
-        from transformers import AutoTokenizer, CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+        from transformers import (
+            AutoTokenizer,
+            CLIPVisionConfig,
+            CLIPVisionModel,
+            LlamaConfig,
+            LlamaForCausalLM,
+        )
 
         from vlkit_plugin_mobilevlm.modeling import build_projector
 
