@@ -61,8 +61,17 @@ def _text_config(**overrides: Any) -> dict[str, Any]:
     return cfg
 
 
-def _finish(directory: Path, model: Any, tok: Any, min_pixels: int, max_pixels: int) -> Path:
+LAYOUTS = ("transformers", "released", "nested-prefixes")
+
+
+def _finish(directory: Path, model: Any, tok: Any, min_pixels: int, max_pixels: int, layout: str = "transformers") -> Path:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     model.save_pretrained(str(directory))
+    if layout == "released":
+        _to_released_layout(directory)
+    elif layout == "nested-prefixes":
+        _to_nested_prefixes(directory)
     im_end, eot = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
     (directory / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": eot, "eos_token_id": [im_end, eot], "pad_token_id": eot, "do_sample": False}, indent=2))
@@ -84,8 +93,15 @@ def _token_ids(tok: Any) -> dict[str, int]:
 
 
 def tiny_qwen2_vl(directory: str | Path, seed: int = 0, min_pixels: int = 28 * 28 * 4,
-                  max_pixels: int = 28 * 28 * 64, tie_word_embeddings: bool = False) -> Path:
-    """A tiny ``Qwen2VLForConditionalGeneration`` checkpoint (see the module doc)."""
+                  max_pixels: int = 28 * 28 * 64, tie_word_embeddings: bool = False,
+                  layout: str = "transformers") -> Path:
+    """A tiny ``Qwen2VLForConditionalGeneration`` checkpoint (see the module doc).
+
+    ``layout``: ``"transformers"`` (what transformers 5 saves: nested ``text_config``,
+    ``model.*`` / ``visual.*`` / ``lm_head.*``), ``"released"`` (the hub repositories: flat
+    config with ``rope_scaling.type = "mrope"``, two shards), ``"nested-prefixes"``
+    (transformers 4.52-4.57 names: ``model.language_model.*``, ``model.visual.*``).
+    """
     import torch
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
@@ -102,11 +118,12 @@ def tiny_qwen2_vl(directory: str | Path, seed: int = 0, min_pixels: int = 28 * 2
     torch.manual_seed(seed)
     model = Qwen2VLForConditionalGeneration(cfg).eval()
     _randomize(model, seed)
-    return _finish(directory, model, tok, min_pixels, max_pixels)
+    return _finish(directory, model, tok, min_pixels, max_pixels, layout)
 
 
 def tiny_qwen2_5_vl(directory: str | Path, seed: int = 0, min_pixels: int = 28 * 28 * 4,
-                    max_pixels: int = 28 * 28 * 64, window_size: int = 56, tie_word_embeddings: bool = False) -> Path:
+                    max_pixels: int = 28 * 28 * 64, window_size: int = 56, tie_word_embeddings: bool = False,
+                    layout: str = "transformers") -> Path:
     """A tiny ``Qwen2_5_VLForConditionalGeneration`` checkpoint: window attention in block 0,
     full attention in block 1 (``fullatt_block_indexes=[1]``), SwiGLU MLPs, RMSNorm."""
     import torch
@@ -127,4 +144,54 @@ def tiny_qwen2_5_vl(directory: str | Path, seed: int = 0, min_pixels: int = 28 *
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
     _randomize(model, seed)
-    return _finish(directory, model, tok, min_pixels, max_pixels)
+    return _finish(directory, model, tok, min_pixels, max_pixels, layout)
+
+
+def _to_released_layout(directory: Path) -> None:
+    """What the hub repositories hold (written by transformers 4.4x): a flat config.json (text
+    keys at the top level, ``rope_scaling: {"type": "mrope", "mrope_section": [...]}``,
+    ``vision_config`` with ``in_chans``), weights in two shards with an index."""
+    from safetensors.torch import load_file, save_file
+
+    cfg = json.loads((directory / "config.json").read_text())
+    text = cfg.pop("text_config")
+    rope = text.pop("rope_parameters")
+    flat = {k: v for k, v in text.items() if k not in ("model_type", "layer_types", "dtype")}
+    flat.update({k: v for k, v in cfg.items() if k != "dtype"})
+    flat["rope_theta"] = rope["rope_theta"]
+    flat["rope_scaling"] = {"type": "mrope", "mrope_section": rope["mrope_section"]}
+    flat["torch_dtype"] = "float32"
+    flat["transformers_version"] = "4.45.0"
+    vc = dict(flat["vision_config"])
+    vc.pop("rope_parameters", None)
+    vc["in_chans"] = vc.pop("in_channels")
+    vc["spatial_patch_size"] = vc["patch_size"]
+    flat["vision_config"] = vc
+    (directory / "config.json").write_text(json.dumps(flat, indent=2))
+    sd = load_file(str(directory / "model.safetensors"))
+    (directory / "model.safetensors").unlink()
+    names = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": [n for n in names if not n.startswith("visual.")],
+              "model-00002-of-00002.safetensors": [n for n in names if n.startswith("visual.")]}
+    weight_map = {}
+    for file, keys in shards.items():
+        save_file({k: sd[k].contiguous() for k in keys}, str(directory / file), metadata={"format": "pt"})
+        weight_map.update({k: file for k in keys})
+    (directory / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in sd.values())}, "weight_map": weight_map},
+        indent=2))
+
+
+def _to_nested_prefixes(directory: Path) -> None:
+    """The tensor names transformers 4.52-4.57 wrote: ``model.language_model.*``, ``model.visual.*``."""
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(directory / "model.safetensors"))
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("visual."):
+            k = "model." + k
+        elif k.startswith("model."):
+            k = "model.language_model." + k[len("model."):]
+        out[k] = v
+    save_file(out, str(directory / "model.safetensors"), metadata={"format": "pt"})

@@ -101,8 +101,8 @@ def text_config(hf_config: dict[str, Any]) -> dict[str, Any]:
     transformers >= 4.52 nests it under ``text_config``; the released checkpoints (and older
     transformers) keep it flat at the top level beside ``vision_config``. M-RoPE sections come
     from ``rope_scaling`` / ``rope_parameters`` (``{"type": "mrope", "mrope_section": [...]}``),
-    transformers' ``[16, 24, 24]`` when absent. ``tie_word_embeddings`` is the top level's
-    when it has one (the whole model's setting).
+    transformers' ``[16, 24, 24]`` when absent. Embeddings are tied when the top level or the
+    text config says so (as transformers 5 reads pre-v5 saves).
     """
     nested = hf_config.get("text_config")
     if isinstance(nested, dict):
@@ -112,8 +112,8 @@ def text_config(hf_config: dict[str, Any]) -> dict[str, Any]:
                 text[key] = hf_config[key]
     else:
         text = {k: v for k, v in hf_config.items() if k != "vision_config"}
-    if "tie_word_embeddings" in hf_config:
-        text["tie_word_embeddings"] = hf_config["tie_word_embeddings"]
+    # transformers 5: the model ties when the top level says so or (pre-v5 saves) the text config does
+    text["tie_word_embeddings"] = bool(hf_config.get("tie_word_embeddings") or text.get("tie_word_embeddings"))
     sections = [text.get(k) for k in ("rope_parameters", "rope_scaling") if isinstance(text.get(k), dict)]
     if not any(s.get("mrope_section") for s in sections):
         key = "rope_parameters" if isinstance(text.get("rope_parameters"), dict) else "rope_scaling"
