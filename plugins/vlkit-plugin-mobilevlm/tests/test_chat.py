@@ -11,7 +11,12 @@ from pathlib import Path
 
 import pytest
 from vlkit_plugin_mobilevlm.chat import MobileVLMChatTemplate
-from vlkit_plugin_mobilevlm.testing import IMAGE_TOKEN_INDEX, VICUNA_V1_SYSTEM, tokenizer_image_token, vicuna_v1_prompt
+from vlkit_plugin_mobilevlm.testing import (
+    IMAGE_TOKEN_INDEX,
+    VICUNA_V1_SYSTEM,
+    tokenizer_image_token,
+    vicuna_v1_prompt,
+)
 
 from vlkit.config import ChatTemplateConfig
 from vlkit.messages import IMAGE_TOKEN, to_conversation

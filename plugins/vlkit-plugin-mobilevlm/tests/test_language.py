@@ -13,8 +13,9 @@ PROMPTS = [[1, 5, 17, 300, 42, 9], [1, 900, 3, 3, 3, 77, 12, 500, 8, 64, 2, 99],
 
 @pytest.fixture(scope="module", params=["v1", "v2-st"])
 def pair(request, ckpts):
-    import vlkit
     from vlkit_plugin_mobilevlm.testing import EagerMobileVLM
+
+    import vlkit
 
     path = ckpts[request.param]
     pipe = vlkit.pipeline(

@@ -179,8 +179,9 @@ def test_missing_tower_names_what_it_tried(ckpts, tmp_path):
 
 
 def test_missing_projector_tensor_is_named(ckpts, tmp_path):
-    from vlkit.testing.checkpoint import write_safetensors
     from vlkit_plugin_mobilevlm.weights import read_tensors
+
+    from vlkit.testing.checkpoint import write_safetensors
 
     path = tmp_path / "m"
     path.mkdir()
