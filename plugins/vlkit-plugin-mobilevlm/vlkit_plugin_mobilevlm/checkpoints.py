@@ -64,24 +64,16 @@ def make_tokenizer(vocab_size: int) -> Any:
     return tok
 
 
-def _vision_config(size: str, version: str, image_size: int | None, patch_size: int | None) -> Any:
+def _vision_config(size: str, version: str) -> Any:
     from transformers import CLIPVisionConfig
 
     s = SIZES[size]
-    geometry = dict(s[version])
-    if image_size is not None:
-        geometry["image_size"] = int(image_size)
-    if patch_size is not None:
-        geometry["patch_size"] = int(patch_size)
-    if geometry["image_size"] % geometry["patch_size"]:
-        raise ValueError(f"image_size {geometry['image_size']} is not a multiple of patch_size {geometry['patch_size']}")
-    return CLIPVisionConfig(**s["vision"], **geometry, projection_dim=s["vision"]["hidden_size"])
+    return CLIPVisionConfig(**s["vision"], **s[version], projection_dim=s["vision"]["hidden_size"])
 
 
 def tiny_mobilevlm(
     directory: str | Path, *, version: str = "v2", seed: int = 0, size: str = "tiny", fmt: str = "bin",
     shards: int = 1, dtype: str = "float32", tower_in_checkpoint: bool = True, text_init_std: float = 0.2,
-    image_size: int | None = None, patch_size: int | None = None,
 ) -> Path:
     """Write a tiny ``MobileLlamaForCausalLM`` checkpoint; returns its directory.
 
@@ -89,10 +81,6 @@ def tiny_mobilevlm(
     :param fmt: ``"bin"`` (``pytorch_model.bin``, as released) or ``"safetensors"``; ``shards > 1``
         writes an index.
     :param tower_in_checkpoint: store the tower's weights in the checkpoint too (as released).
-    :param image_size, patch_size: the tower's geometry instead of the size's default (the patch
-        grid ``image_size / patch_size`` sets the image tokens: ``ldpnet`` halves it (rounding
-        up), ``ldpnetv2`` always pools to 12x12, e.g. 168 px / patch 14 = 12x12 = 144 tokens or
-        336 / 14 = 24x24, the real 576 -> 144).
     """
     import torch
     from transformers import CLIPVisionModel, LlamaConfig, LlamaForCausalLM
@@ -109,7 +97,7 @@ def tiny_mobilevlm(
     s = SIZES[size]
     tok = make_tokenizer(s["vocab_size"])
     vocab = s["vocab_size"]
-    vision = _vision_config(size, version, image_size, patch_size)
+    vision = _vision_config(size, version)
     text = LlamaConfig(
         **s["text"], vocab_size=vocab, max_position_embeddings=2048, rms_norm_eps=1e-6, bos_token_id=1,
         eos_token_id=2, pad_token_id=0, tie_word_embeddings=False, initializer_range=text_init_std,

@@ -35,3 +35,16 @@ class TestQwen2_5VL(VLMConformanceSuite):
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         return QwenReference(model_dir, Qwen2_5_VLForConditionalGeneration)
+
+
+class TestQwenVLChat(VLMConformanceSuite):
+    """Qwen-VL-Chat against an independent derivation of the original (see ``qwenvl_reference``)."""
+
+    family = "qwen-vl"
+    checkpoint_options = {"seed": 2}
+    max_new_tokens = 8
+
+    def make_reference(self, model_dir: Path):
+        from qwenvl_reference import QwenVLReference
+
+        return QwenVLReference(model_dir)

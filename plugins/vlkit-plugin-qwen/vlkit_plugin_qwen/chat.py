@@ -24,3 +24,19 @@ class Qwen2VLChatTemplate(ChatTemplateWrapper):
 
     def image_text(self, index: int, num_tokens: int, meta: dict[str, Any]) -> str:
         return VISION_START + IMAGE_PAD * num_tokens + VISION_END
+
+
+class QwenVLChatTemplate(ChatTemplateWrapper):
+    """Qwen-VL-Chat: ChatML as its ``make_context`` builds it (``You are a helpful assistant.``),
+    each image of a message written ``Picture {i}: <img>…</img>\\n`` (``from_list_format``,
+    numbered per message), the span between ``<img>`` and ``</img>`` 256 positions long
+    (``IMG_TOKEN_SPAN``), filled by the resampler's output. Replies stop on ``<|im_end|>`` /
+    ``<|im_start|>`` (``chat()``'s stop words) and ``<|endoftext|>``."""
+
+    image_marker = "<img></img>"
+    image_token = "<imgpad>"
+    default_template = "qwen-vl-chat"
+    stop_words = ("<|im_end|>", "<|im_start|>")
+
+    def image_text(self, index: int, num_tokens: int, meta: dict[str, Any]) -> str:
+        return "<img>" + "<imgpad>" * num_tokens + "</img>"

@@ -44,7 +44,7 @@ def _randomize(model: Any, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if re.search(r"(norm\d?|ln_q|layernorm)\.weight$", name):
+            if re.search(r"(norm\d?|ln_\w+|layernorm)\.weight$", name):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g))
             else:
                 p.copy_(0.08 * torch.randn(p.shape, generator=g))
@@ -195,3 +195,117 @@ def _to_nested_prefixes(directory: Path) -> None:
             k = "model.language_model." + k[len("model."):]
         out[k] = v
     save_file(out, str(directory / "model.safetensors"), metadata={"format": "pt"})
+
+
+# -- Qwen-VL-Chat ------------------------------------------------------------------------------
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable-unicode form of bytes, inverted."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {chr(c): b for b, c in zip(bs, cs)}
+
+
+def write_qwen_tiktoken(directory: str | Path, merges: int = 400) -> Path:
+    """A small ``qwen.tiktoken``: the 256 bytes, then the first ``merges`` merges of vlkit's
+    test BPE (trained on :data:`vlkit.testing.tokenizer.CORPUS`)."""
+    from vlkit.testing.tokenizer import make_tokenizer
+    from vlkit_plugin_qwen.qwenvl_tokenizer import VOCAB_FILE, write_ranks
+
+    model = json.loads(make_tokenizer().backend_tokenizer.to_str())["model"]
+    dec = _byte_decoder()
+    tokens = [bytes([b]) for b in range(256)]
+    seen = set(tokens)
+    for m in model["merges"]:
+        a, b = m.split(" ") if isinstance(m, str) else m
+        tok = bytes(dec[c] for c in a + b)
+        if tok not in seen:
+            seen.add(tok)
+            tokens.append(tok)
+        if len(tokens) >= 256 + merges:
+            break
+    path = Path(directory) / VOCAB_FILE
+    write_ranks(path, tokens)
+    return path
+
+
+def _qwen2_to_qwen_v1(sd: dict[str, Any], layers: int) -> dict[str, Any]:
+    """transformers' Qwen2 names -> Qwen (v1)'s ``transformer.*`` (c_attn = [q; k; v])."""
+    import torch
+
+    out = {"transformer.wte.weight": sd["model.embed_tokens.weight"], "transformer.ln_f.weight": sd["model.norm.weight"],
+           "lm_head.weight": sd["lm_head.weight"]}
+    for i in range(layers):
+        s, d = f"model.layers.{i}.", f"transformer.h.{i}."
+        for kind in ("weight", "bias"):
+            out[d + f"attn.c_attn.{kind}"] = torch.cat([sd[s + f"self_attn.{x}_proj.{kind}"] for x in "qkv"])
+        out[d + "attn.c_proj.weight"] = sd[s + "self_attn.o_proj.weight"]
+        out[d + "ln_1.weight"] = sd[s + "input_layernorm.weight"]
+        out[d + "ln_2.weight"] = sd[s + "post_attention_layernorm.weight"]
+        out[d + "mlp.w1.weight"] = sd[s + "mlp.up_proj.weight"]
+        out[d + "mlp.w2.weight"] = sd[s + "mlp.gate_proj.weight"]
+        out[d + "mlp.c_proj.weight"] = sd[s + "mlp.down_proj.weight"]
+    return out
+
+
+def tiny_qwen_vl_chat(directory: str | Path, seed: int = 0, image_size: int = 56, hidden_size: int = 128) -> Path:
+    """A tiny Qwen-VL-Chat (``QWenLMHeadModel``) checkpoint in the original layout.
+
+    The language model is a random transformers ``Qwen2ForCausalLM`` (hidden 128, 2 layers,
+    4 heads of 32) converted to Qwen (v1) names; that twin is saved next to the checkpoint as
+    ``<name>-qwen2`` (the reference of the tests). The vision side is random: ViT width 32,
+    1 block, 2 heads, patch 14, ``image_size`` px, a 256-entry position table (bicubically
+    resized to the patch grid), a 256-query resampler with ``hidden_size // 128`` heads.
+    Files: ``config.json`` (with ``visual``), ``model.safetensors``, ``qwen.tiktoken``,
+    ``generation_config.json``.
+    """
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from vlkit_plugin_qwen.qwenvl_tokenizer import SPECIAL_TOKENS, QwenTiktokenTokenizer
+    from vlkit_plugin_qwen.qwenvl_vision import QwenVLVisual
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_qwen_tiktoken(directory)
+    tok = QwenTiktokenTokenizer(directory / "qwen.tiktoken")
+    vocab = 1024
+    assert tok.vocab_size <= vocab, (tok.vocab_size, len(SPECIAL_TOKENS))
+    heads, layers, inter = 4, 2, 128
+    twin = Qwen2Config(hidden_size=hidden_size, intermediate_size=inter, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=heads, vocab_size=vocab,
+                       max_position_embeddings=2048, rms_norm_eps=1e-6, rope_theta=10000.0,
+                       tie_word_embeddings=False, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    lm = Qwen2ForCausalLM(twin).eval()
+    _randomize(lm, seed)
+    twin_dir = directory.parent / f"{directory.name}-qwen2"
+    lm.save_pretrained(str(twin_dir))
+    visual_cfg = {"heads": 2, "image_size": image_size, "image_start_id": tok.special_tokens["<img>"], "layers": 1,
+                  "mlp_ratio": 2.0, "output_dim": hidden_size, "patch_size": 14, "width": 32}
+    torch.manual_seed(seed + 1)
+    visual = QwenVLVisual(visual_cfg)
+    _randomize(visual, seed + 1)
+    sd = {k: v.contiguous() for k, v in _qwen2_to_qwen_v1(lm.state_dict(), layers).items()}
+    sd.update({"transformer.visual." + k: v.detach().clone().contiguous() for k, v in visual.state_dict().items()})
+    save_file(sd, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    cfg = {
+        "architectures": ["QWenLMHeadModel"], "model_type": "qwen", "hidden_size": hidden_size,
+        "intermediate_size": 2 * inter, "kv_channels": hidden_size // heads, "num_attention_heads": heads,
+        "num_hidden_layers": layers, "layer_norm_epsilon": 1e-6, "max_position_embeddings": 8192,
+        "seq_length": 2048, "rotary_emb_base": 10000, "rotary_pct": 1.0, "no_bias": True,
+        "scale_attn_weights": True, "tie_word_embeddings": False, "tokenizer_type": "QWenTokenizer",
+        "use_dynamic_ntk": True, "use_logn_attn": True, "use_flash_attn": False, "vocab_size": vocab,
+        "visual": visual_cfg, "torch_dtype": "float32", "transformers_version": "4.31.0",
+    }
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2))
+    (directory / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": tok.eos_token_id, "pad_token_id": tok.eos_token_id, "do_sample": False,
+         "max_window_size": 6144}, indent=2))
+    return directory

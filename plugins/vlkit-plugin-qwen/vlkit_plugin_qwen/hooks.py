@@ -3,10 +3,12 @@
 Families:
 
 * ``qwen2-vl`` — ``Qwen2VLForConditionalGeneration`` (Qwen/Qwen2-VL-2B/7B/72B-Instruct);
-* ``qwen2.5-vl`` — ``Qwen2_5_VLForConditionalGeneration`` (Qwen/Qwen2.5-VL-3B/7B/72B-Instruct).
+* ``qwen2.5-vl`` — ``Qwen2_5_VLForConditionalGeneration`` (Qwen/Qwen2.5-VL-3B/7B/72B-Instruct);
+* ``qwen-vl`` — ``QWenLMHeadModel`` with a ``visual`` config section (Qwen/Qwen-VL-Chat): the
+  plugin's own ``QWenLMHeadModel`` backbone, tiktoken tokenizer, ViT + resampler.
 
-Both: the checkpoint's image processor and chat template, a Qwen2 language model with M-RoPE
-(the core's ``Qwen2ForCausalLM`` fed ``[3, T]`` positions).
+Qwen2-VL / 2.5-VL: the checkpoint's image processor and chat template, a Qwen2 language model
+with M-RoPE (the core's ``Qwen2ForCausalLM`` fed ``[3, T]`` positions).
 
 This module imports no torch and no transformers: model code loads inside the hooks.
 """
@@ -22,9 +24,11 @@ from vlkit.registry import ModelFamily
 
 FAMILY_QWEN2_VL = "qwen2-vl"
 FAMILY_QWEN2_5_VL = "qwen2.5-vl"
-_FAMILIES = (FAMILY_QWEN2_VL, FAMILY_QWEN2_5_VL)
+FAMILY_QWEN_VL = "qwen-vl"
+_FAMILIES = (FAMILY_QWEN2_VL, FAMILY_QWEN2_5_VL, FAMILY_QWEN_VL)
 ARCH_QWEN2_VL = "Qwen2VLForConditionalGeneration"
 ARCH_QWEN2_5_VL = "Qwen2_5_VLForConditionalGeneration"
+ARCH_QWEN_VL = "QWenLMHeadModel"
 # transformers' default when a config names no sections (Qwen2VLRotaryEmbedding)
 DEFAULT_MROPE_SECTION = [16, 24, 24]
 
@@ -61,7 +65,33 @@ def vlkit_register_families() -> list[ModelFamily]:
             tiny_checkpoint=_factory("tiny_qwen2_5_vl"),
             description="Qwen2.5-VL (Qwen/Qwen2.5-VL-7B-Instruct): window attention, SwiGLU vision tower, M-RoPE",
         ),
+        ModelFamily(
+            name=FAMILY_QWEN_VL,
+            architectures=(ARCH_QWEN_VL,),
+            chat_templates={"qwen-vl-chat": _template("qwen-vl-chat")},
+            tiny_checkpoint=_factory("tiny_qwen_vl_chat"),
+            description="Qwen-VL-Chat (Qwen/Qwen-VL-Chat): 448 px ViT + 256-query resampler, tiktoken, ChatML",
+        ),
     ]
+
+
+@hookimpl
+def vlkit_language_backbones() -> dict[str, type]:
+    from vlkit_plugin_qwen.qwenvl_lm import QWenLMHeadModel
+
+    return {ARCH_QWEN_VL: QWenLMHeadModel}
+
+
+@hookimpl
+def vlkit_tokenizer(family: Any, hf_config: dict[str, Any], model_path: Path) -> Any:
+    if not _ours(family) or family.name != FAMILY_QWEN_VL:
+        return None
+    from vlkit_plugin_qwen.qwenvl_tokenizer import VOCAB_FILE, QwenTiktokenTokenizer
+
+    path = Path(model_path) / VOCAB_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{model_path} has no {VOCAB_FILE} (Qwen-VL-Chat's tiktoken vocabulary)")
+    return QwenTiktokenTokenizer(path)
 
 
 def _ours(family: Any) -> bool:
@@ -72,6 +102,10 @@ def _ours(family: Any) -> bool:
 def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> Any:
     if not _ours(family):
         return None
+    if family.name == FAMILY_QWEN_VL:
+        from vlkit_plugin_qwen.qwenvl_vision import QwenVLChatVisionModel
+
+        return QwenVLChatVisionModel(family, hf_config, model_path, vision_config)
     from vlkit_plugin_qwen.vision import QwenVLVisionModel
 
     return QwenVLVisionModel(family, hf_config, model_path, vision_config)
@@ -83,16 +117,31 @@ def vlkit_chat_template_wrapper(
 ) -> Any:
     if not _ours(family):
         return None
-    from vlkit_plugin_qwen.chat import Qwen2VLChatTemplate
+    from vlkit_plugin_qwen.chat import Qwen2VLChatTemplate, QwenVLChatTemplate
 
-    return Qwen2VLChatTemplate(family, hf_config, model_path, tokenizer, chat_template_config)
+    cls = QwenVLChatTemplate if family.name == FAMILY_QWEN_VL else Qwen2VLChatTemplate
+    return cls(family, hf_config, model_path, tokenizer, chat_template_config)
 
 
 @hookimpl
 def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path: Path) -> Any:
     if not _ours(family):
         return None
+    if family.name == FAMILY_QWEN_VL:
+        return qwen_vl_language_model_spec(hf_config, model_path)
     return qwen2_vl_language_model_spec(hf_config, model_path)
+
+
+def qwen_vl_language_model_spec(hf_config: dict[str, Any], model_path: Path) -> Any:
+    """Qwen-VL-Chat: the plugin's ``QWenLMHeadModel`` on the raw config (``visual`` dropped);
+    ``max_position_embeddings`` is ``seq_length`` (dynamic NTK / log-n attention beyond it are
+    not implemented), which the engine takes as the default ``session_len``."""
+    from vlkit.models.spec import LanguageModelSpec
+
+    cfg = {k: v for k, v in hf_config.items() if k != "visual"}
+    cfg["max_position_embeddings"] = int(hf_config.get("seq_length") or hf_config.get("max_position_embeddings") or 2048)
+    return LanguageModelSpec(architecture=ARCH_QWEN_VL, config=cfg, model_path=str(model_path),
+                             exclude_prefixes=("transformer.visual.",))
 
 
 def text_config(hf_config: dict[str, Any]) -> dict[str, Any]:
