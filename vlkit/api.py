@@ -202,13 +202,11 @@ class Pipeline:
             text = conv.messages[0].text
             return PreparedRequest(text, list(self.tokenizer(text).input_ids), [], [], [])
         enc = self.chat_template.encode(conv, [it.num_tokens for it in items], [it.meta for it in items])
-        too_long = getattr(self.vision, "prompt_too_long", None) if items else None
-        if too_long is not None:  # optional VisionModel method: a family's advice (e.g. lower max_pixels)
-            message = too_long(enc.input_ids, items, int(self.engine.session_len))
-            if message:
+        mrope = None
+        if items:
+            message = self.vision.prompt_too_long(enc.input_ids, items, int(self.engine.session_len))
+            if message:  # the family's advice (Qwen2-VL: lower max_pixels)
                 raise RequestError(message)
-        mrope = self.vision.mrope_positions(enc.input_ids, items) if self.vision is not None and items else None
-        if mrope is None and self.vision is not None and getattr(self.vision, "always_mrope", False):
             mrope = self.vision.mrope_positions(enc.input_ids, items)
         return PreparedRequest(enc.prompt, enc.input_ids, list(embs), enc.image_ranges, [it.hash for it in items], mrope)
 

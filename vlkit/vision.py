@@ -104,5 +104,10 @@ class VisionModel(ABC):
         """
         return None
 
+    def prompt_too_long(self, input_ids: list[int], items: list[ImageItem], session_len: int) -> str | None:
+        """A message refusing a prompt that cannot fit ``session_len``, with the family's advice
+        (e.g. Qwen2-VL: "lower max_pixels"), or ``None`` to let the engine's generic check apply."""
+        return None
+
     def close(self) -> None:
         self.model = None
