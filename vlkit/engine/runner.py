@@ -10,6 +10,7 @@ parallelism rank 0 first sends the inputs to the workers.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +18,14 @@ import torch
 
 from vlkit.engine.kv_cache import allocate_kv_cache, free_device_bytes
 from vlkit.engine.sequence import ScheduledChunk, Sequence
-from vlkit.layers.attention import AttentionContext, PrefillChunk
+from vlkit.layers.attention import AttentionContext, PrefillChunk, flash_decode_available
 from vlkit.layers.linear import prepack_linears
 from vlkit.loader import load_backbone
 from vlkit.models.spec import LanguageModelSpec
+
+# Most memory the per-step decode KV kept between steps may take (all layers); past it, each
+# layer gathers its blocks every step instead.
+DECODE_KV_MAX_BYTES = int(os.environ.get("VLKIT_DECODE_KV_MB", "512")) << 20
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -55,6 +60,9 @@ class StepInputs:
     logits_indices: torch.Tensor  # [N] rows of the flat batch whose logits are returned
     embeddings: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # (flat offset, [n, hidden])
     zero_blocks: list[int] = field(default_factory=list)  # blocks to zero before use
+    # the single-token sequences are last step's, in the same order, each one token further:
+    # the decode KV kept from last step can be extended instead of gathered again
+    decode_reuse: bool = False
 
 
 class ModelRunner:
@@ -109,6 +117,12 @@ class ModelRunner:
             raise
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
+        # decode KV kept between steps (see AttentionContext.decode_kv); rank 0 also remembers
+        # which sequences it holds (their block-table lists, which preemption replaces, and
+        # context lengths)
+        self._decode_kv: list[torch.Tensor] | None = None
+        self._decode_kv_valid = False
+        self._prev_singles: tuple[list, list[int]] = ([], [])
 
     # -- KV cache -------------------------------------------------------------------------
     def memory_report(self) -> int:
@@ -174,6 +188,14 @@ class ModelRunner:
             elif c.samples:
                 logit_rows.append(flat + n - 1)
                 sample_seqs.append(seq)
+        prev_bt, prev_len = self._prev_singles
+        reuse = (
+            bool(singles_bt)
+            and len(prev_bt) == len(singles_bt)
+            and all(a is b for a, b in zip(prev_bt, singles_bt))
+            and all(a + 1 == b for a, b in zip(prev_len, singles_len))
+        )
+        self._prev_singles = (singles_bt, singles_len)
         max_blocks = max((len(b) for b in singles_bt), default=0)
         table = torch.zeros(len(singles_bt), max_blocks, dtype=torch.int64)
         for i, b in enumerate(singles_bt):
@@ -193,10 +215,38 @@ class ModelRunner:
             logits_indices=torch.tensor(logit_rows, dtype=torch.int64),
             embeddings=embeddings,
             zero_blocks=list(zero_blocks),
+            decode_reuse=reuse,
         )
         return inputs, sample_seqs
 
-    def _context(self, inp: StepInputs) -> AttentionContext:
+    def _decode_context(self, ctx: AttentionContext, inp: StepInputs, reuse: bool) -> bool:
+        """Set up the decode KV kept between steps; False when it does not fit the budget."""
+        n, bs = inp.num_single, self.block_size
+        lens = inp.single_context_lens
+        width = int(lens.max())
+        cache = self.kv_caches[0]
+        kv = self._decode_kv
+        if not (reuse and kv is not None and kv[0].shape[1] == n and width <= kv[0].shape[2]):
+            cap_blocks = -(-width // bs) + 4  # room for 64 more tokens before the next refill
+            shape = (2, n, cap_blocks * bs) + tuple(cache.shape[3:])
+            nbytes = len(self.kv_caches) * cache.element_size() * 2 * n * cap_blocks * bs * cache.shape[3] * cache.shape[4]
+            self._decode_kv = None
+            if nbytes > DECODE_KV_MAX_BYTES:
+                return False
+            kv = self._decode_kv = [torch.empty(shape, dtype=cache.dtype, device=cache.device) for _ in self.kv_caches]
+            table = torch.zeros(n, cap_blocks, dtype=torch.int64)
+            table[:, : inp.single_block_tables.shape[1]] = inp.single_block_tables
+            ctx.decode_block_tables = table.to(self.device)
+            ctx.decode_rebuild = True
+        else:
+            ctx.decode_rebuild = False
+        cap = kv[0].shape[2]
+        ctx.decode_kv = kv
+        ctx.decode_width = width
+        ctx.decode_write_idx = (torch.arange(n, dtype=torch.int64) * cap + (lens.to(torch.int64) - 1)).to(self.device)
+        return True
+
+    def _context(self, inp: StepInputs, decode_kv_valid: bool = False) -> AttentionContext:
         dev = self.device
         bs = self.block_size
         ctx = AttentionContext(kv_caches=self.kv_caches, slot_mapping=inp.slot_mapping.to(dev))
@@ -207,7 +257,15 @@ class ModelRunner:
             lens = inp.single_context_lens.to(dev)
             ctx.single_context_lens = lens
             width = inp.single_block_tables.shape[1] * bs
-            ctx.single_mask = (torch.arange(width, device=dev)[None, :] < lens[:, None])[:, None, None, :]
+            if not flash_decode_available(self.kv_caches[0]) and self._decode_context(
+                ctx, inp, inp.decode_reuse and decode_kv_valid
+            ):
+                width = ctx.decode_width
+            # additive mask, made once per step (SDPA would convert a bool one in every layer)
+            valid = torch.arange(width, device=dev)[None, :] < lens[:, None]
+            ctx.single_mask = torch.zeros(valid.shape, dtype=self.dtype, device=dev).masked_fill_(
+                ~valid, float("-inf")
+            )[:, None, None, :]
         for start, length, context_len, bt in inp.prefills:
             mask = None
             if context_len > length:
@@ -247,11 +305,13 @@ class ModelRunner:
             idx = torch.tensor(inp.zero_blocks, device=dev)
             for c in self.kv_caches:
                 c.index_fill_(1, idx, 0)
-        ctx = self._context(inp)
+        valid, self._decode_kv_valid = self._decode_kv_valid, False  # stays False if this step fails
+        ctx = self._context(inp, valid)
         x = self.model.embed_tokens(inp.input_ids.to(dev))
         for off, emb in inp.embeddings:
             x[off : off + emb.shape[0]] = emb.to(device=dev, dtype=x.dtype)
         hidden = self.model(x, inp.positions.to(dev), ctx)
+        self._decode_kv_valid = ctx.decode_kv is not None
         if inp.logits_indices.numel() == 0:
             return None
         logits = self.model.compute_logits(hidden[inp.logits_indices.to(dev)])

@@ -3,7 +3,9 @@
 The engine packs the tokens of every scheduled sequence into one flat batch of ``T`` tokens
 (no padding). Sequences that contribute a single token this step (decodes, and one-token
 prefill chunks) come first; their attention runs as one batched SDPA over their gathered KV
-blocks with a length mask. Each longer prefill chunk then runs its own SDPA: causal over the
+blocks with a length mask. The runner keeps those gathered keys/values between steps
+(:attr:`AttentionContext.decode_kv`): while the same sequences keep decoding, each step only
+appends its new token to them instead of gathering every block again. Each longer prefill chunk then runs its own SDPA: causal over the
 chunk, plus everything already in the cache for that sequence.
 
 KV cache layout, one tensor per layer: ``[2, num_blocks, block_size, num_kv_heads, head_dim]``
@@ -48,11 +50,20 @@ class AttentionContext:
         slot_mapping: ``[T]`` cache slot of every token in the flat batch.
         num_single: how many leading tokens are one-token sequences (decodes).
         single_block_tables: ``[num_single, max_blocks]`` (padded with block 0).
-        single_mask: ``[num_single, 1, 1, max_blocks * block_size]`` True where the key exists.
+        single_mask: ``[num_single, 1, 1, W]`` True where the key exists (bool), or the same as
+            an additive float mask (0 / -inf); ``W`` is ``max_blocks * block_size``, or the
+            longest context of the step with ``decode_kv``.
         single_context_lens: ``[num_single]`` int32 (for flash-attn).
         prefills: the multi-token chunks, in flat-batch order after the single tokens.
         seq_lens: ``[T]`` length of each token's sequence after this step (dynamic RoPE only).
         workspace: scratch buffer for the gathered decode KV, reused across layers.
+        decode_kv: optional per-layer ``[2, num_single, cap, kv_heads, head_dim]`` buffers that
+            hold the single-token sequences' keys/values contiguously (row ``i`` = sequence
+            ``i``, positions ``0..cap``, everything past a row's length finite and masked).
+            With ``decode_rebuild`` every layer first refills its buffer from the cache
+            (``decode_block_tables`` ``[num_single, cap // block_size]``); otherwise it only
+            writes this step's keys/values at ``decode_write_idx`` ``[num_single]``
+            (``row * cap + position``). Attention then reads the first ``decode_width`` positions.
     """
 
     kv_caches: list[torch.Tensor]
@@ -64,6 +75,16 @@ class AttentionContext:
     prefills: list[PrefillChunk] = field(default_factory=list)
     seq_lens: torch.Tensor | None = None
     workspace: torch.Tensor | None = None  # gather buffer shared by the layers of one step
+    decode_kv: list[torch.Tensor] | None = None
+    decode_rebuild: bool = True
+    decode_block_tables: torch.Tensor | None = None
+    decode_write_idx: torch.Tensor | None = None
+    decode_width: int = 0
+
+
+def flash_decode_available(cache: torch.Tensor) -> bool:
+    """Whether :func:`paged_attention` runs decodes through flash-attn's paged kernel."""
+    return flash_attn_with_kvcache is not None and cache.is_cuda and cache.shape[2] % 256 == 0
 
 
 def write_kv(cache: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -88,11 +109,25 @@ def paged_attention(
     """
     cache = ctx.kv_caches[layer_idx]
     write_kv(cache, ctx.slot_mapping, k, v)
-    if flash_attn_with_kvcache is not None and q.is_cuda and cache.shape[2] % 256 == 0:
+    if flash_decode_available(cache):
         return _flash_attention(q, k, v, ctx, cache, scale)
     out = torch.empty_like(q)
     n = ctx.num_single
-    if n:
+    if n and ctx.decode_kv is not None:
+        buf = ctx.decode_kv[layer_idx]  # [2, n, cap, kvh, D]
+        if ctx.decode_rebuild:
+            torch.index_select(cache, 1, ctx.decode_block_tables.flatten(),
+                               out=buf.view(2, -1, cache.shape[2], cache.shape[3], cache.shape[4]))
+        else:  # the rows already hold every earlier token: append this step's
+            flat = buf.view(2, -1, buf.shape[-2], buf.shape[-1])
+            flat[0].index_copy_(0, ctx.decode_write_idx, k[:n])
+            flat[1].index_copy_(0, ctx.decode_write_idx, v[:n])
+        kv = buf[:, :, : ctx.decode_width].transpose(2, 3)  # [2, n, kvh, W, D]
+        o = F.scaled_dot_product_attention(
+            q[:n].unsqueeze(2), kv[0], kv[1], attn_mask=ctx.single_mask, scale=scale, enable_gqa=True
+        )
+        out[:n] = o.squeeze(2)
+    elif n:
         # index_select is ~10x faster than advanced indexing on CPU; the output buffer is reused
         # by every layer of the step (a fresh 1-2 MB allocation per layer costs page faults)
         idx = ctx.single_block_tables.flatten()
