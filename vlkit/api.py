@@ -119,18 +119,26 @@ class Pipeline:
             if self.chat_template is None:
                 raise ValueError(f"plugin {fam.plugin!r} returned no ChatTemplateWrapper for family {fam.name!r}")
             self._start_engine(spec)
-            vision = hook.vlkit_vision_model(
-                family=fam, hf_config=self.hf_config, model_path=self.model_path, vision_config=self.vision_config
-            )
-            if vision is None:
-                raise ValueError(f"plugin {fam.plugin!r} returned no VisionModel for family {fam.name!r}")
-            vision.to(self.engine.device, self.engine.dtype)
-            vision.preprocessor = vision.build_preprocessor()
-            vision.model = vision.build_model()
-            self.vision = vision
-            from vlkit.image_encoder import ImageEncoder
+            try:
+                self._init_vision(fam)
+            except BaseException:
+                self.close()  # no tensor-parallel worker outlives a failed start
+                raise
 
-            self.image_encoder = ImageEncoder(vision, self.vision_config)
+    def _init_vision(self, fam: Any) -> None:
+        from vlkit.image_encoder import ImageEncoder
+        from vlkit.registry import get_registry
+
+        vision = get_registry().pm.hook.vlkit_vision_model(
+            family=fam, hf_config=self.hf_config, model_path=self.model_path, vision_config=self.vision_config
+        )
+        if vision is None:
+            raise ValueError(f"plugin {fam.plugin!r} returned no VisionModel for family {fam.name!r}")
+        vision.to(self.engine.device, self.engine.dtype)
+        vision.preprocessor = vision.build_preprocessor()
+        vision.model = vision.build_model()
+        self.vision = vision
+        self.image_encoder = ImageEncoder(vision, self.vision_config)
 
     # -- construction ----------------------------------------------------------------------
     def _init_text(self) -> None:

@@ -138,7 +138,6 @@ class VisionConfig:
     feature_cache_size: int = 256
     max_image_pixels: int = 64_000_000
     url_timeout: float = 10.0
-    thread_safe: bool = False
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
