@@ -142,15 +142,17 @@ def paged_attention(
         )
         out[:n] = o.squeeze(2)
     for c in ctx.prefills:
+        # 4-D inputs: on CPU, 3-D ones (or 4-D with a repeated KV) fall back to the unfused math
+        # kernel, 2-3x slower
         s, e = c.start, c.start + c.length
-        qs = q[s:e].transpose(0, 1)
+        qs = q[None, s:e].transpose(1, 2)  # [1, heads, L, D]
         if c.mask is None:  # nothing cached before this chunk: attend to the chunk itself
-            ks, vs = k[s:e].transpose(0, 1), v[s:e].transpose(0, 1)
+            ks, vs = k[None, s:e].transpose(1, 2), v[None, s:e].transpose(1, 2)
             o = F.scaled_dot_product_attention(qs, ks, vs, is_causal=True, scale=scale, enable_gqa=True)
         else:
-            kv = cache.index_select(1, c.block_table).flatten(1, 2)[:, : c.context_len].transpose(1, 2)
+            kv = cache.index_select(1, c.block_table).flatten(1, 2)[:, None, : c.context_len].transpose(2, 3)
             o = F.scaled_dot_product_attention(qs, kv[0], kv[1], attn_mask=c.mask, scale=scale, enable_gqa=True)
-        out[s:e] = o.transpose(0, 1)
+        out[s:e] = o[0].transpose(0, 1)
     return out
 
 
