@@ -226,9 +226,9 @@ class ModelRunner:
         width = int(lens.max())
         cache = self.kv_caches[0]
         kv = self._decode_kv
-        if not (reuse and kv is not None and kv[0].shape[1] == n and width <= kv[0].shape[2]):
+        if not (reuse and kv is not None and kv[0].shape[1] == n and width <= kv[0].shape[3]):
             cap_blocks = -(-width // bs) + 4  # room for 64 more tokens before the next refill
-            shape = (2, n, cap_blocks * bs) + tuple(cache.shape[3:])
+            shape = (2, n, cache.shape[3], cap_blocks * bs, cache.shape[4])
             nbytes = len(self.kv_caches) * cache.element_size() * 2 * n * cap_blocks * bs * cache.shape[3] * cache.shape[4]
             self._decode_kv = None
             if nbytes > DECODE_KV_MAX_BYTES:
@@ -240,10 +240,11 @@ class ModelRunner:
             ctx.decode_rebuild = True
         else:
             ctx.decode_rebuild = False
-        cap = kv[0].shape[2]
+        kvh, cap = kv[0].shape[2], kv[0].shape[3]
         ctx.decode_kv = kv
         ctx.decode_width = width
-        ctx.decode_write_idx = (torch.arange(n, dtype=torch.int64) * cap + (lens.to(torch.int64) - 1)).to(self.device)
+        rows = torch.arange(n * kvh, dtype=torch.int64).view(n, kvh) * cap
+        ctx.decode_write_idx = (rows + (lens.to(torch.int64) - 1)[:, None]).flatten().to(self.device)
         return True
 
     def _context(self, inp: StepInputs, decode_kv_valid: bool = False) -> AttentionContext:

@@ -57,13 +57,13 @@ class AttentionContext:
         prefills: the multi-token chunks, in flat-batch order after the single tokens.
         seq_lens: ``[T]`` length of each token's sequence after this step (dynamic RoPE only).
         workspace: scratch buffer for the gathered decode KV, reused across layers.
-        decode_kv: optional per-layer ``[2, num_single, cap, kv_heads, head_dim]`` buffers that
+        decode_kv: optional per-layer ``[2, num_single, kv_heads, cap, head_dim]`` buffers that
             hold the single-token sequences' keys/values contiguously (row ``i`` = sequence
             ``i``, positions ``0..cap``, everything past a row's length finite and masked).
             With ``decode_rebuild`` every layer first refills its buffer from the cache
             (``decode_block_tables`` ``[num_single, cap // block_size]``); otherwise it only
-            writes this step's keys/values at ``decode_write_idx`` ``[num_single]``
-            (``row * cap + position``). Attention then reads the first ``decode_width`` positions.
+            writes this step's keys/values at ``decode_write_idx`` ``[num_single * kv_heads]``
+            (``(row * kv_heads + head) * cap + position``). Attention then reads the first ``decode_width`` positions.
     """
 
     kv_caches: list[torch.Tensor]
@@ -114,19 +114,22 @@ def paged_attention(
     out = torch.empty_like(q)
     n = ctx.num_single
     if n and ctx.decode_kv is not None:
-        buf = ctx.decode_kv[layer_idx]  # [2, n, cap, kvh, D]
+        buf = ctx.decode_kv[layer_idx]  # [2, n, kvh, cap, D]
+        kvh, d = buf.shape[2], buf.shape[4]
         if ctx.decode_rebuild:
-            torch.index_select(cache, 1, ctx.decode_block_tables.flatten(),
-                               out=buf.view(2, -1, cache.shape[2], cache.shape[3], cache.shape[4]))
+            blocks = cache.index_select(1, ctx.decode_block_tables.flatten())  # [2, n * cap / bs, bs, kvh, D]
+            buf.copy_(blocks.view(2, n, -1, kvh, d).transpose(2, 3))
         else:  # the rows already hold every earlier token: append this step's
-            flat = buf.view(2, -1, buf.shape[-2], buf.shape[-1])
-            flat[0].index_copy_(0, ctx.decode_write_idx, k[:n])
-            flat[1].index_copy_(0, ctx.decode_write_idx, v[:n])
-        kv = buf[:, :, : ctx.decode_width].transpose(2, 3)  # [2, n, kvh, W, D]
+            flat = buf.view(2, -1, d)
+            flat[0].index_copy_(0, ctx.decode_write_idx, k[:n].reshape(-1, d))
+            flat[1].index_copy_(0, ctx.decode_write_idx, v[:n].reshape(-1, d))
+        kv = buf[:, :, :, : ctx.decode_width]  # [2, n, kvh, W, D], each head's keys contiguous
+        # the query heads sharing a KV head go in as that head's query positions: its keys and
+        # values are read once for all of them
         o = F.scaled_dot_product_attention(
-            q[:n].unsqueeze(2), kv[0], kv[1], attn_mask=ctx.single_mask, scale=scale, enable_gqa=True
+            q[:n].view(n, kvh, -1, d), kv[0], kv[1], attn_mask=ctx.single_mask, scale=scale
         )
-        out[:n] = o.squeeze(2)
+        out[:n] = o.view(n, -1, d)
     elif n:
         # index_select is ~10x faster than advanced indexing on CPU; the output buffer is reused
         # by every layer of the step (a fresh 1-2 MB allocation per layer costs page faults)
