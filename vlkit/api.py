@@ -120,7 +120,7 @@ class Pipeline:
                 raise ValueError(f"plugin {fam.plugin!r} returned no ChatTemplateWrapper for family {fam.name!r}")
             self._start_engine(spec)
             try:
-                self._init_vision(fam)
+                self._loop.call(self._init_vision, fam)
             except BaseException:
                 self.close()  # no tensor-parallel worker outlives a failed start
                 raise
@@ -161,8 +161,15 @@ class Pipeline:
         from vlkit.loop import EngineLoop
 
         self._template_stop_ids = self.chat_template.stop_token_ids() if self.chat_template is not None else []
-        self.engine = LLMEngine(spec, self.engine_config, tokenizer=self.tokenizer)
-        self._loop = EngineLoop(self.engine)
+        self._loop = EngineLoop()
+        try:  # built on the loop thread, which does all torch work (see vlkit/loop.py)
+            self.engine = self._loop.engine = self._loop.call(
+                LLMEngine, spec, self.engine_config, tokenizer=self.tokenizer
+            )
+        except BaseException:
+            self._loop.close()
+            self._loop = None
+            raise
 
     # -- preparing requests ------------------------------------------------------------------
     def _conversation(self, prompt: Any, where: str) -> Conversation:
@@ -180,12 +187,12 @@ class Pipeline:
                 staged.append(conv)
                 continue
             try:
-                items = self.image_encoder.preprocess(conv.images) if conv.num_images else []
+                items = self._loop.call(self.image_encoder.preprocess, conv.images) if conv.num_images else []
                 staged.append((conv, items))
             except Exception as exc:  # noqa: BLE001 - one bad request fails alone
                 staged.append(exc)
         all_items = [it for s in staged if not isinstance(s, BaseException) for it in s[1]]
-        feats = self.image_encoder.encode(all_items) if all_items else []
+        feats = self._loop.call(self.image_encoder.encode, all_items) if all_items else []
         k = 0
         for s in staged:
             if isinstance(s, BaseException):
@@ -241,7 +248,8 @@ class Pipeline:
         """Prompt logits ``[len(input_ids), vocab]`` for :meth:`prepare_inputs` output (or a prompt)."""
         if not isinstance(inputs, dict) or "input_ids" not in inputs:
             inputs = self.prepare_inputs(inputs)
-        return self.engine.get_logits(
+        return self._loop.call(
+            self.engine.get_logits,
             inputs["input_ids"],
             input_embeddings=inputs.get("input_embeddings") or None,
             embedding_ranges=inputs.get("input_embedding_ranges") or None,

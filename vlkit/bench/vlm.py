@@ -142,11 +142,17 @@ def run_w1(num_requests: int = 16, new_tokens: int = 64, skip_hf: bool = False, 
     reqs = _requests(num_requests)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(checkpoint_dir or os.path.join(tmp, "w1-llava"))
-        if not (path / "config.json").is_file():
-            write_w1_llava(path)
+        if not (path / "config.json").is_file():  # in a child process: see the note in run_vlkit's caller
+            import subprocess
+            import sys
+
+            subprocess.run([sys.executable, "-c", f"from vlkit.bench.vlm import write_w1_llava; write_w1_llava({str(path)!r})"],
+                           check=True)
+        # vlkit first, with no torch work on this thread before it: a second thread running parallel
+        # torch ops makes libgomp stop spinning and slows the loop thread's ops (vlkit/loop.py)
+        vl = run_vlkit(path, reqs, new_tokens)
         bw = measure_bandwidth()
         peak = measure_matmul(1024, 1024, 1024)
-        vl = run_vlkit(path, reqs, new_tokens)
         hf_b = None if skip_hf else run_hf(path, reqs, new_tokens, batched=True)
         hf_s = None if (skip_hf or not hf_sequential) else run_hf(path, reqs, new_tokens, batched=False)
     ctx = int(vl["mean_prompt_len"] + new_tokens / 2)
