@@ -127,9 +127,9 @@ def paged_attention(
         # the query heads sharing a KV head go in as that head's query positions: its keys and
         # values are read once for all of them
         o = F.scaled_dot_product_attention(
-            q[:n].view(n, kvh, -1, d), kv[0], kv[1], attn_mask=ctx.single_mask, scale=scale
+            q[:n].reshape(n, kvh, -1, d), kv[0], kv[1], attn_mask=ctx.single_mask, scale=scale
         )
-        out[:n] = o.view(n, -1, d)
+        out[:n] = o.reshape(n, -1, d)
     elif n:
         # index_select is ~10x faster than advanced indexing on CPU; the output buffer is reused
         # by every layer of the step (a fresh 1-2 MB allocation per layer costs page faults)
