@@ -14,7 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -50,33 +50,57 @@ class WeightLoadError(ValueError):
         super().__init__(f"checkpoint does not match {model}: " + "; ".join(parts))
 
 
-def checkpoint_files(model_path: str) -> tuple[str, list[str]]:
-    """``("safetensors" | "bin", [files])`` of the weights in ``model_path``."""
-    for kind, index, single in (
-        ("safetensors", "model.safetensors.index.json", "model.safetensors"),
-        ("bin", "pytorch_model.bin.index.json", "pytorch_model.bin"),
-    ):
-        index_path = os.path.join(model_path, index)
+_INDEXES = (("safetensors", "model.safetensors.index.json"), ("bin", "pytorch_model.bin.index.json"))
+_SINGLES = (("safetensors", "model.safetensors"), ("bin", "pytorch_model.bin"))
+
+
+def weight_index(model_path: str | os.PathLike[str]) -> tuple[str, dict[str, list[str]] | None, list[str]]:
+    """``(kind, {shard file name: [tensor names]} or None, [files])`` of the weights in a directory.
+
+    ``kind`` is ``"safetensors"`` or ``"bin"``; the name map comes from the shard index when
+    there is one (``None`` for unindexed files).
+    """
+    model_path = os.fspath(model_path)
+    for kind, name in _INDEXES:
+        index_path = os.path.join(model_path, name)
         if os.path.isfile(index_path):
             with open(index_path) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            return kind, [os.path.join(model_path, s) for s in shards]
-        if os.path.isfile(os.path.join(model_path, single)):
-            return kind, [os.path.join(model_path, single)]
+                weight_map: dict[str, str] = json.load(f)["weight_map"]
+            by_file: dict[str, list[str]] = {}
+            for tensor, file in weight_map.items():
+                by_file.setdefault(file, []).append(tensor)
+            return kind, by_file, [os.path.join(model_path, s) for s in sorted(by_file)]
+    for kind, name in _SINGLES:
+        if os.path.isfile(os.path.join(model_path, name)):
+            return kind, None, [os.path.join(model_path, name)]
     found = sorted(glob.glob(os.path.join(model_path, "*.safetensors")))
     if found:
-        return "safetensors", found
+        return "safetensors", None, found
     found = sorted(glob.glob(os.path.join(model_path, "*.bin")))
     found = [f for f in found if not os.path.basename(f).startswith("training_args")]
     if found:
-        return "bin", found
+        return "bin", None, found
     raise FileNotFoundError(f"no safetensors or pytorch_model.bin weights in {model_path}")
+
+
+def checkpoint_files(model_path: str) -> tuple[str, list[str]]:
+    """``("safetensors" | "bin", [files])`` of the weights in ``model_path``."""
+    kind, _, files = weight_index(model_path)
+    return kind, files
+
+
+def load_bin(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A ``.bin`` state dict (``weights_only``), memory-mapped when its format allows."""
+    import torch
+
+    try:
+        return torch.load(os.fspath(path), map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
+        return torch.load(os.fspath(path), map_location="cpu", weights_only=True)
 
 
 def iter_checkpoint_tensors(model_path: str) -> Iterator[tuple[str, torch.Tensor]]:
     """Every tensor of the checkpoint in ``model_path``, shard by shard."""
-    import torch
-
     kind, files = checkpoint_files(model_path)
     for path in files:
         if kind == "safetensors":
@@ -86,12 +110,65 @@ def iter_checkpoint_tensors(model_path: str) -> Iterator[tuple[str, torch.Tensor
                 for name in f.keys():
                     yield name, f.get_tensor(name)
         else:
-            try:
-                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # legacy (non-zip) serialization cannot be memory-mapped
-                state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_bin(path)
             yield from state.items()
             del state
+
+
+def tensor_names(model_path: str | os.PathLike[str]) -> list[str]:
+    """Every tensor name of a checkpoint (only the index or the safetensors headers are read)."""
+    kind, by_file, files = weight_index(model_path)
+    if by_file is not None:
+        return [n for names in by_file.values() for n in names]
+    names: list[str] = []
+    for path in files:
+        if kind == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt", device="cpu") as f:
+                names.extend(f.keys())
+        else:
+            names.extend(load_bin(path).keys())
+    return names
+
+
+def read_tensors(
+    model_path: str | os.PathLike[str], select: Callable[[str], str | bool | None]
+) -> dict[str, torch.Tensor]:
+    """The tensors ``select`` picks, for a family's vision tower and projector.
+
+    ``select(name)`` returns the name to store the tensor under, ``True`` to keep its name, or
+    ``None``/``False`` to skip it. With a shard index only shards holding a selected tensor are
+    opened, and safetensors are read tensor by tensor: the language model is never loaded.
+    """
+
+    def pick(name: str) -> str | None:
+        new = select(name)
+        if new is True:
+            return name
+        return new or None
+
+    kind, by_file, files = weight_index(model_path)
+    out: dict[str, Any] = {}
+    for path in files:
+        if by_file is not None and not any(pick(n) for n in by_file[os.path.basename(path)]):
+            continue
+        if kind == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    new = pick(name)
+                    if new is not None:
+                        out[new] = f.get_tensor(name)
+        else:
+            state = load_bin(path)
+            for name, tensor in state.items():
+                new = pick(name)
+                if new is not None:
+                    out[new] = tensor
+            del state
+    return out
 
 
 def iter_spec_weights(spec: LanguageModelSpec) -> Iterator[tuple[str, torch.Tensor]]:

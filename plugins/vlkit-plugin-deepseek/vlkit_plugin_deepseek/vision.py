@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vlkit.loader import read_tensors
 from vlkit.vision import ImageItem, VisionModel
 from vlkit_plugin_deepseek.layout import (
     DeepseekConfigError,
@@ -31,7 +32,6 @@ from vlkit_plugin_deepseek.layout import (
     layout_from_config,
     rename,
 )
-from vlkit_plugin_deepseek.weights import read_tensors
 
 _CHUNK = 32  # images per tower forward
 

@@ -15,6 +15,7 @@ from vlkit_plugin_internvl.hooks import original_language_model_spec
 from vlkit_plugin_internvl.vision import InternVLVisionModel, InternVLWeightError
 
 from vlkit.config import VisionConfig
+from vlkit.loader import read_tensors
 
 
 def build(path: Path) -> InternVLVisionModel:
@@ -93,7 +94,7 @@ def test_config_default_max_dynamic_patch(ckpts, tmp_path):
 
 def test_reads_only_vision_tensors(ckpts):
     for key, kind in (("internlm2", "original"), ("hf", "hf")):
-        names = weights.read_tensors(ckpts[key], weights.wanted_for(kind, 2))
+        names = read_tensors(ckpts[key], weights.wanted_for(kind, 2))
         assert names and not any("language_model" in n or "lm_head" in n for n in names)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlkit.loader import read_tensors
 from vlkit.vision import ImageItem, VisionModel
 from vlkit_plugin_internvl import tiling, weights
 from vlkit_plugin_internvl.layout import InternVLLayout, layout_from_config
@@ -82,7 +83,7 @@ class InternVLVisionModel(VisionModel):
         with init_empty_weights():
             module = InternVLVision(lay)
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        raw = weights.read_tensors(self.model_path, weights.wanted_for(lay.kind, module.vision_model.num_used))
+        raw = read_tensors(self.model_path, weights.wanted_for(lay.kind, module.vision_model.num_used))
         tensors = weights.original_names(raw) if lay.kind == "original" else weights.hf_names(raw)
         tensors = {k: v for k, v in tensors.items() if k in expected}
         missing = [k for k in expected if k not in tensors]

@@ -1,8 +1,7 @@
-"""Read only the vision tensors of a checkpoint, and map both layouts onto one set of names.
+"""Which checkpoint tensors the vision side needs, and both layouts mapped onto one set of names.
 
-Weights may be ``model.safetensors``, an index with shards, or ``pytorch_model.bin`` (single or
-indexed). With an index, shards without wanted tensors are not opened; safetensors are read
-tensor by tensor, so the language model's weights are never loaded.
+Reading them is :func:`vlkit.loader.read_tensors` (only the shards holding wanted tensors are
+opened; the language model is never loaded).
 
 Target names are :class:`vlkit_plugin_internvl.modeling.InternVLVision`'s (the original layout
 without ``vision_model.`` being special). transformers' layout is mapped as its conversion does:
@@ -13,60 +12,9 @@ without ``vision_model.`` being special). transformers' layout is mapped as its 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-_INDEX = (("safetensors", "model.safetensors.index.json"), ("bin", "pytorch_model.bin.index.json"))
-_SINGLE = (("safetensors", "model.safetensors"), ("bin", "pytorch_model.bin"))
-
-
-def weight_files(model_dir: Path) -> tuple[str, dict[str, list[str]] | None, list[Path]]:
-    """``(kind, {file: [tensor names]} or None, files)``."""
-    model_dir = Path(model_dir)
-    for kind, name in _INDEX:
-        if (model_dir / name).is_file():
-            wmap: dict[str, str] = json.loads((model_dir / name).read_text())["weight_map"]
-            by_file: dict[str, list[str]] = {}
-            for tensor, file in wmap.items():
-                by_file.setdefault(file, []).append(tensor)
-            return kind, by_file, [model_dir / f for f in sorted(by_file)]
-    for kind, name in _SINGLE:
-        if (model_dir / name).is_file():
-            return kind, None, [model_dir / name]
-    found = sorted(model_dir.glob("*.safetensors"))
-    if found:
-        return "safetensors", None, found
-    found = [p for p in sorted(model_dir.glob("*.bin")) if not p.name.startswith("training_args")]
-    if found:
-        return "bin", None, found
-    raise FileNotFoundError(f"no safetensors or pytorch_model.bin weights in {model_dir}")
-
-
-def read_tensors(model_dir: Path, wanted: Callable[[str], bool]) -> dict[str, Any]:
-    """``{name: tensor}`` of the checkpoint tensors for which ``wanted(name)``."""
-    kind, by_file, files = weight_files(model_dir)
-    out: dict[str, Any] = {}
-    for path in files:
-        if by_file is not None and not any(wanted(n) for n in by_file[path.name]):
-            continue
-        if kind == "safetensors":
-            from safetensors import safe_open
-
-            with safe_open(str(path), framework="pt", device="cpu") as f:
-                for name in f.keys():
-                    if wanted(name):
-                        out[name] = f.get_tensor(name)
-        else:
-            import torch
-
-            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-            out.update({k: v for k, v in state.items() if wanted(k)})
-            del state
-    return out
-
 
 # -- original layout ---------------------------------------------------------------------------
 ORIGINAL_PREFIXES = ("vision_model.", "mlp1.")

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 from vlkit_plugin_llava import checkpoints as c
-from vlkit_plugin_llava.weights import read_tensors, tensor_names
+
+from vlkit.loader import read_tensors, tensor_names
 
 
 def test_deterministic(ckpts, tmp_path):

@@ -47,7 +47,7 @@ def test_foreign_families_get_none(tmp_path):
 
 
 def test_original_language_model_spec(ckpts):
-    from vlkit_plugin_llava.weights import tensor_names
+    from vlkit.loader import tensor_names
 
     fam = get_registry().get_family("llava-original")
     cfg = json.loads((ckpts["orig16"] / "config.json").read_text())
@@ -68,7 +68,7 @@ def test_original_language_model_spec(ckpts):
 def test_hf_layouts_use_the_core_default_spec(ckpts, name):
     """transformers 5 writes llava weights as language_model.model.* / language_model.lm_head.*;
     the core's default maps them (and leaves the vision tensors out)."""
-    from vlkit_plugin_llava.weights import tensor_names
+    from vlkit.loader import tensor_names
 
     fam = get_registry().family_for_architectures(json.loads((ckpts[name] / "config.json").read_text())["architectures"])
     cfg = json.loads((ckpts[name] / "config.json").read_text())

@@ -19,10 +19,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from vlkit.loader import read_tensors, tensor_names
 from vlkit.vision import ImageItem, VisionModel
 from vlkit_plugin_llava import anyres
 from vlkit_plugin_llava.layout import LlavaConfigError, LlavaLayout, layout_from_config, projector_depth
-from vlkit_plugin_llava.weights import read_tensors, tensor_names
 
 # where each layout keeps its tensors: (checkpoint prefix, module prefix), first match wins
 _HF_RULES = (

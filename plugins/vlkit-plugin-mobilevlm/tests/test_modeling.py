@@ -38,7 +38,7 @@ def test_projector_matches_original_code(original, version, cls, grid) -> None:
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_factory_writes_the_stored_projector_weights(ckpts, original, version) -> None:
-    from vlkit_plugin_mobilevlm.weights import read_tensors
+    from vlkit.loader import read_tensors
 
     pre = "model.mm_projector."
     got = read_tensors(ckpts[version], lambda n: n[len(pre):] if n.startswith(pre) else None)

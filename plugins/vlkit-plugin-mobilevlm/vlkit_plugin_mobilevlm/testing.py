@@ -72,7 +72,7 @@ def tokenizer_image_token(prompt: str, tokenizer: Any, image_index: int = IMAGE_
 
 
 def _load_state(model_dir: Path) -> dict[str, Any]:
-    from vlkit_plugin_mobilevlm.weights import read_tensors
+    from vlkit.loader import read_tensors
 
     return read_tensors(model_dir, lambda n: n)
 

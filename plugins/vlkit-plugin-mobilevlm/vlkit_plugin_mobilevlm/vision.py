@@ -18,9 +18,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vlkit.loader import read_tensors, tensor_names
 from vlkit.vision import ImageItem, VisionModel
 from vlkit_plugin_mobilevlm.layout import MobileVLMConfigError, MobileVLMLayout, layout_from_config
-from vlkit_plugin_mobilevlm.weights import read_tensors, weight_files
 
 TOWER_IN_CHECKPOINT = "model.vision_tower.vision_tower."
 PROJECTOR_PREFIX = "model.mm_projector."
@@ -28,23 +28,6 @@ PROJECTOR_PREFIX = "model.mm_projector."
 
 class MobileVLMWeightError(ValueError):
     """The checkpoint lacks vision tensors or has them in the wrong shape."""
-
-
-def _checkpoint_tensor_names(model_path: Path) -> list[str]:
-    kind, by_file, files = weight_files(model_path)
-    if by_file is not None:
-        return [n for names in by_file.values() for n in names]
-    if kind == "safetensors":
-        from safetensors import safe_open
-
-        names: list[str] = []
-        for f in files:
-            with safe_open(str(f), framework="pt", device="cpu") as h:
-                names.extend(h.keys())
-        return names
-    from vlkit_plugin_mobilevlm.weights import _load_bin
-
-    return [n for f in files for n in _load_bin(f)]
 
 
 def resolve_vision_tower(name: str, model_path: Path, need_weights: bool) -> Path:
@@ -94,7 +77,7 @@ class MobileVLMVisionModel(VisionModel):
     def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> None:
         super().__init__(family, hf_config, model_path, vision_config)
         self.layout: MobileVLMLayout = layout_from_config(hf_config)
-        names = _checkpoint_tensor_names(self.model_path)
+        names = tensor_names(self.model_path)
         self.tower_in_checkpoint = any(n.startswith(TOWER_IN_CHECKPOINT) for n in names)
         self.tower_dir = resolve_vision_tower(self.layout.vision_tower, self.model_path, not self.tower_in_checkpoint)
         cfg_file = self.tower_dir / "config.json"

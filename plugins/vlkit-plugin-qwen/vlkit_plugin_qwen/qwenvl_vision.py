@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from vlkit.loader import read_tensors
 from vlkit.vision import ImageItem, VisionModel
-from vlkit_plugin_qwen import weights
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -157,7 +157,7 @@ class QwenVLChatVisionModel(VisionModel):
         with init_empty_weights():
             module = QwenVLVisual(self.visual_config)
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        raw = weights.read_tensors(self.model_path, lambda n: n.startswith(PREFIX))
+        raw = read_tensors(self.model_path, lambda n: n.startswith(PREFIX))
         tensors = {k[len(PREFIX):]: v for k, v in raw.items() if k[len(PREFIX):] in expected}
         missing = [k for k in expected if k not in tensors]
         wrong = [(k, s, tuple(tensors[k].shape)) for k, s in expected.items() if k in tensors and tuple(tensors[k].shape) != s]

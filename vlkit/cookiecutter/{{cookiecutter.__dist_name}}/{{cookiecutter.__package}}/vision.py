@@ -13,12 +13,12 @@ checkpoint's safetensors; the language model stays in the engine.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from vlkit.loader import read_tensors
 from vlkit.vision import ImageItem, VisionModel
 
 from {{ cookiecutter.__package }}.hooks import FAMILY
@@ -165,12 +165,9 @@ class {{ cookiecutter.__prefix }}VisionModel(VisionModel):
 def read_vision_tensors(model_path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """The vision tower and projector tensors of a checkpoint, renamed to the module's names.
 
-    Reads ``model.safetensors`` or, with ``model.safetensors.index.json``, only the shards that
-    hold vision tensors; each file is opened lazily and only the wanted tensors are read.
+    :func:`vlkit.loader.read_tensors` opens only the shards holding them (safetensors or
+    ``.bin``, sharded or not) and never loads the language model.
     """
-    from safetensors import safe_open
-
-    model_path = Path(model_path)
 
     def rename(name: str) -> str | None:
         for src, dst in WEIGHT_PREFIXES:
@@ -179,19 +176,7 @@ def read_vision_tensors(model_path: Path, expected: dict[str, tuple[int, ...]]) 
                 return new if new in expected else None
         return None
 
-    index = model_path / "model.safetensors.index.json"
-    if index.is_file():
-        weight_map: dict[str, str] = json.loads(index.read_text())["weight_map"]
-        files = sorted({file for name, file in weight_map.items() if rename(name) is not None})
-    else:
-        files = sorted(p.name for p in model_path.glob("*.safetensors"))
-    if not files:
-        raise CheckpointError(f"{model_path} has no safetensors weights with vision tensors")
-    out: dict[str, torch.Tensor] = {}
-    for file in files:
-        with safe_open(str(model_path / file), framework="pt", device="cpu") as f:
-            for name in f.keys():
-                new = rename(name)
-                if new is not None:
-                    out[new] = f.get_tensor(name)
-    return out
+    try:
+        return read_tensors(model_path, rename)
+    except FileNotFoundError as exc:
+        raise CheckpointError(str(exc)) from exc
