@@ -21,6 +21,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from vlkit.malloc import tune_malloc
+
 logger = logging.getLogger("vlkit.loop")
 
 Callback = Callable[[Any, BaseException | None], None]
@@ -41,6 +43,7 @@ class EngineLoop:
         self._closed = False
         self._dead: BaseException | None = None
         self._ids = itertools.count()
+        tune_malloc()  # before the thread exists, so that it shares the main heap (vlkit/malloc.py)
         self._thread = threading.Thread(target=self._run, name="vlkit-engine-loop", daemon=True)
         self._thread.start()
 
