@@ -46,6 +46,23 @@ def test_prefix_cache_reuses_shared_blocks(llama_path):
         assert cold.block_manager.prefix_hit_blocks == 0
 
 
+def test_a_request_waiting_for_room_counts_its_prefix_hit_once(llama_path):
+    # C shares A's 3 cached blocks but needs 3 more than are free while B decodes: it is matched
+    # and given back at every step until B finishes, and must be counted once, when admitted
+    with _engine(llama_path, num_blocks=12, block_size=16) as eng:
+        bm = eng.block_manager
+        shared = prompts(1, seed=24, lo=48, hi=49)[0]
+        eng.generate(shared + [5, 6, 7, 8, 9], GenerationConfig(max_new_tokens=1, ignore_eos=True))
+        hits, queried = bm.prefix_hit_blocks, bm.prefix_query_tokens
+        b = prompts(1, seed=25, lo=100, hi=101)[0]
+        c = shared + prompts(1, seed=26, lo=40, hi=41)[0]
+        _, out_c = eng.generate([b, c], GEN)
+        assert out_c.num_cached_tokens == 48
+        assert bm.prefix_hit_blocks - hits == 3
+        assert bm.prefix_query_tokens - queried == len(b) + len(c)
+        assert eng.stats()["num_preemptions"] == 0
+
+
 def test_image_hashes_key_the_prefix_cache(llama_path):
     with _engine(llama_path, num_blocks=64) as eng:
         bm = eng.block_manager

@@ -31,7 +31,8 @@ class BlockManager:
         num_total_blocks, num_free_blocks (refcount 0, cached or not), num_used_blocks,
         num_cached_blocks (blocks holding a prefix-cache key), num_allocated_blocks (blocks
         handed out fresh since start), prefix_hit_blocks / prefix_hit_tokens (blocks / tokens
-        reused from the cache), prefix_query_tokens (prompt tokens looked up).
+        reused from the cache) and prefix_query_tokens (tokens looked up), counted once per admission
+        of a sequence (again after a preemption).
     """
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
@@ -147,12 +148,13 @@ class BlockManager:
     def match_prefix(self, seq: Sequence) -> int:
         """Attach the cached blocks matching ``seq``'s leading full blocks; return tokens reused.
 
-        At least one token is always left to compute (its logits are needed).
+        At least one token is always left to compute (its logits are needed). The hit counters
+        move only when the scheduler admits ``seq`` (:meth:`record_prefix_hit`): a sequence that
+        does not fit yet gives its blocks back and is matched again at a later step.
         """
         if not self.enable_prefix_caching or seq.block_table:
             return 0
         bs = self.block_size
-        self.prefix_query_tokens += seq.num_tokens
         prev = None
         for idx in range((seq.num_tokens - 1) // bs):
             key = self._key(seq, idx, prev)
@@ -170,9 +172,15 @@ class BlockManager:
             prev = key
         hit = len(seq.block_table)
         seq.num_computed_tokens = hit * bs
-        self.prefix_hit_blocks += hit
-        self.prefix_hit_tokens += hit * bs
         return hit * bs
+
+    def record_prefix_hit(self, seq: Sequence, hit_tokens: int) -> None:
+        """Count one admission of ``seq`` that reused ``hit_tokens`` tokens from the cache."""
+        if not self.enable_prefix_caching:
+            return
+        self.prefix_query_tokens += seq.num_tokens
+        self.prefix_hit_blocks += hit_tokens // self.block_size
+        self.prefix_hit_tokens += hit_tokens
 
     def register_computed(self, seq: Sequence) -> None:
         """Key the full blocks of ``seq`` whose tokens are now computed."""

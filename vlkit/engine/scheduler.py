@@ -90,10 +90,7 @@ class Scheduler:
             return chunks, out_of_cache
         while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
-            if not seq.block_table:
-                cached = self.bm.match_prefix(seq)
-                if not seq.admitted:
-                    seq.num_cached_tokens = cached
+            cached = self.bm.match_prefix(seq)
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if not self.bm.can_append(seq, n):
                 if not self.running and not chunks and n == seq.num_tokens - seq.num_computed_tokens:
@@ -106,6 +103,9 @@ class Scheduler:
                 break
             self.waiting.popleft()
             seq.status = SequenceStatus.RUNNING
+            self.bm.record_prefix_hit(seq, cached)
+            if not seq.admitted:
+                seq.num_cached_tokens = cached
             seq.admitted = True
             self.bm.append(seq, n)
             bisect.insort(self.running, seq, key=lambda s: s.arrival)
