@@ -126,6 +126,8 @@ class Pipeline:
                 raise
 
     def _init_vision(self, fam: Any) -> None:
+        import torch
+
         from vlkit.image_encoder import ImageEncoder
         from vlkit.registry import get_registry
 
@@ -137,6 +139,10 @@ class Pipeline:
         vision.to(self.engine.device, self.engine.dtype)
         vision.preprocessor = vision.build_preprocessor()
         vision.model = vision.build_model()
+        if self.engine.device.type == "cpu" and self.engine.dtype == torch.float32:
+            from vlkit.layers.linear import prepack_nn_linears
+
+            prepack_nn_linears(vision.model)  # about 2x on CPU fp32 (vlkit/layers/linear.py)
         self.vision = vision
         self.image_encoder = ImageEncoder(vision, self.vision_config)
 

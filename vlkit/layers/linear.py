@@ -9,6 +9,8 @@ they expect in ``param.shard_ids`` so the loader can report a missing one.
 On CPU in fp32, :func:`prepack_linears` hands the weights to oneDNN in its blocked layout once
 after loading (MKL's sgemm is slow on small batches, and on AMD CPUs in general); every linear
 then runs through :func:`linear`, which uses the packed weight when there is one.
+:func:`prepack_nn_linears` does the same for the plain ``nn.Linear`` layers of a plugin's
+vision model.
 """
 
 from __future__ import annotations
@@ -50,40 +52,94 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, pac
     return F.linear(x, weight, bias)
 
 
+_ONEDNN_CHECKED: bool | None = None
+
+
+def _onednn_linear_ok() -> bool:
+    """Whether this build's oneDNN linear runs and agrees with ``F.linear`` (checked once)."""
+    global _ONEDNN_CHECKED
+    if _ONEDNN_CHECKED is None:
+        _ONEDNN_CHECKED = False
+        if onednn_available():
+            try:
+                with torch.no_grad():
+                    w, x = torch.randn(24, 40), torch.randn(5, 40)
+                    got = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, 16),
+                                                             None, "none", [], "")
+                    _ONEDNN_CHECKED = bool(torch.allclose(got, F.linear(x, w), atol=1e-4, rtol=1e-4))
+            except Exception:
+                _ONEDNN_CHECKED = False
+    return _ONEDNN_CHECKED and onednn_available()
+
+
+def _packable(w: torch.Tensor) -> bool:
+    return w.dtype == torch.float32 and w.device.type == "cpu" and w.dim() == 2
+
+
+def _shared_params(model: nn.Module) -> set[int]:
+    owners: dict[int, int] = {}
+    for m in model.modules():
+        for p in m.parameters(recurse=False):
+            owners[id(p)] = owners.get(id(p), 0) + 1
+    return {k for k, v in owners.items() if v > 1}
+
+
 def prepack_linears(model: nn.Module, batch_hint: int = 16) -> int:
     """Prepack the weight of every layer with a ``packed_weight`` slot for oneDNN (CPU, fp32).
 
     The dense copy of a weight used nowhere else is released. Returns how many were packed;
     0 (and nothing changed) when oneDNN is unavailable or disagrees with ``F.linear``.
     """
-    if not onednn_available():
+    if not _onednn_linear_ok():
         return 0
     layers = [m for m in model.modules() if hasattr(m, "packed_weight")]
-    if not layers:
-        return 0
+    shared = _shared_params(model)
     with torch.no_grad():
-        try:  # check the op on this build before trusting it
-            w = torch.randn(24, 40)
-            x = torch.randn(5, 40)
-            got = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w, batch_hint),
-                                                     None, "none", [], "")
-            if not torch.allclose(got, F.linear(x, w), atol=1e-4, rtol=1e-4):
-                return 0
-        except Exception:
-            return 0
-        owners: dict[int, int] = {}
-        for m in model.modules():
-            for p in m.parameters(recurse=False):
-                owners[id(p)] = owners.get(id(p), 0) + 1
-        shared = {k for k, v in owners.items() if v > 1}
         for m in layers:
             w = m.weight
-            if w.dtype != torch.float32 or w.device.type != "cpu" or w.dim() != 2:
+            if not _packable(w):
                 continue
             m.packed_weight = torch.ops.mkldnn._reorder_linear_weight(w.detach(), batch_hint)
             if id(w) not in shared:
                 w.data = torch.empty(0, dtype=w.dtype)  # the packed copy replaces it
     return len(layers)
+
+
+class PackedLinear(nn.Linear):
+    """An ``nn.Linear`` that multiplies through oneDNN with a prepacked copy of its weight.
+
+    Made by :func:`prepack_nn_linears`, which turns a built ``nn.Linear`` into one in place;
+    ``weight`` keeps its dense values (code that reads ``weight.shape`` or the state dict still
+    works), at the cost of a second copy.
+    """
+
+    packed_weight: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.float32 or x.device.type != "cpu":
+            return F.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+
+def prepack_nn_linears(model: nn.Module, batch_hint: int = 256) -> int:
+    """Run every plain fp32 CPU ``nn.Linear`` of ``model`` through oneDNN (:class:`PackedLinear`).
+
+    For modules a plugin builds with ``torch.nn`` (vision towers, projectors): on CPU fp32
+    oneDNN's blocked GEMM runs at about twice MKL's speed on this project's machines (2.3x on
+    CLIP-sized ``[4112, 256] x [256, 1024]``). Subclasses of ``nn.Linear`` are left alone, as
+    are weights that are not fp32 or not on the CPU. Returns how many layers were converted;
+    0 when oneDNN is unavailable, disagrees with ``F.linear``, or ``VLKIT_ONEDNN=0``.
+    """
+    if not isinstance(model, nn.Module) or not _onednn_linear_ok():
+        return 0
+    n = 0
+    with torch.no_grad():
+        for m in model.modules():
+            if type(m) is nn.Linear and _packable(m.weight):
+                m.packed_weight = torch.ops.mkldnn._reorder_linear_weight(m.weight.detach(), batch_hint)
+                m.__class__ = PackedLinear
+                n += 1
+    return n
 
 
 def default_weight_loader(param: nn.Parameter, loaded: torch.Tensor, shard_id=None) -> None:
