@@ -195,7 +195,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark vlkit against HF transformers in the same run (see docs/benchmarks.md)")
-    p.add_argument("workload", nargs="?", default="w1", help="w1 (LLaVA W1), w1-text (its language model alone)")
+    p.add_argument("workload", nargs="?", default="w1", help="w1 (LLaVA W1), w1-text (its language model alone), w2 (multi-turn), "
+                   "w3 (vision encoder batching), w4 (scaling with load), or a plugin's (mobilevlm)")
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--output", default=None, help="write the JSON record here (and a PNG next to it)")

@@ -1,4 +1,4 @@
-"""``vlkit bench WORKLOAD``: print one table, write a JSON record (and a PNG plot for w1)."""
+"""``vlkit bench WORKLOAD``: print one table, write a JSON record (and a PNG plot for w1 and w4)."""
 
 from __future__ import annotations
 
@@ -29,9 +29,24 @@ def run_cli(args: argparse.Namespace) -> int:
         output.write_text(json.dumps(res, indent=2))
         print(f"wrote {output}")
         return 0
+    if workload in ("w2", "w3", "w4"):
+        from vlkit.bench import workloads
+
+        if workload == "w2":
+            res = workloads.run_w2()
+        elif workload == "w3":
+            res = workloads.run_w3()
+        else:
+            res = workloads.run_w4(new_tokens=args.new_tokens)
+        print(workloads.format_table(res))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(res, indent=2))
+        png = workloads.plot(res, output.with_suffix(".png"))
+        print(f"wrote {output}" + (f" and {png}" if png else ""))
+        return 0
     try:  # a plugin's own workload: vlkit_plugin_NAME.bench.run_cli
         mod = importlib.import_module(f"vlkit_plugin_{workload.replace('-', '_')}.bench")
     except ImportError:
-        print(f"vlkit bench: unknown workload {workload!r}; choose w1, w1-text, or a plugin's (e.g. mobilevlm)")
+        print(f"vlkit bench: unknown workload {workload!r}; choose w1, w1-text, w2, w3, w4, or a plugin's (e.g. mobilevlm)")
         return 2
     return int(mod.run_cli(args) or 0)

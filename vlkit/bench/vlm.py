@@ -56,7 +56,10 @@ def write_w1_llava(directory: str | Path) -> Path:
     return fam.tiny_checkpoint(Path(directory), size="w1")
 
 
-def run_vlkit(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, **engine: Any) -> dict[str, Any]:
+def run_vlkit(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, track_kv: bool = False,
+              **engine: Any) -> dict[str, Any]:
+    """vlkit on W1's requests; ``track_kv`` also records the peak KV cache in use (sampled at
+    every streamed output, which costs the consumer a lock per output)."""
     import vlkit
     from vlkit.bench.text import _peak_rss_mb
 
@@ -69,6 +72,7 @@ def run_vlkit(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, **engi
         first: dict[int, float] = {}
         n_out = 0
         prompt_lens: dict[int, int] = {}
+        peak_blocks = 0
         for d in pipe.stream_infer(list(reqs), gen_config=gen):
             now = time.perf_counter() - t0
             if d.finish_reason == "error":
@@ -76,8 +80,13 @@ def run_vlkit(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, **engi
             n_out += len(d.token_ids)
             first.setdefault(d.index, now)
             prompt_lens[d.index] = d.input_token_len
+            if track_kv:
+                peak_blocks = max(peak_blocks, pipe.engine.stats()["num_used_blocks"])
         elapsed = time.perf_counter() - t0
         vision_calls = pipe.image_encoder.stats["forward_calls"]
+        block_bytes = sum(c[:, 0].numel() * c.element_size() for c in pipe.engine.runner.kv_caches)
+        block_size = pipe.engine.engine_config.block_size
+        session_len = pipe.engine.session_len
     ttft = sorted(first.values())
     decode_s = (elapsed - max(ttft)) / max(1, new_tokens - 1)
     return {
@@ -85,6 +94,10 @@ def run_vlkit(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, **engi
         "ttft_p50_s": statistics.median(ttft), "ttft_p95_s": ttft[min(len(ttft) - 1, round(0.95 * (len(ttft) - 1)))],
         "decode_step_s": decode_s, "peak_rss_mb": _peak_rss_mb(), "vision_forward_calls": vision_calls,
         "mean_prompt_len": statistics.mean(prompt_lens.values()),
+        **({"kv_peak_used_blocks": peak_blocks, "kv_block_bytes": block_bytes,
+            "kv_peak_used_mb": peak_blocks * block_bytes / 1e6,
+            "kv_session_len_reservation_mb": len(reqs) * session_len / block_size * block_bytes / 1e6,
+            "session_len": session_len} if track_kv else {}),
     }
 
 
