@@ -76,7 +76,8 @@ class EngineConfig:
     Args:
         tp: tensor-parallel degree; ``tp=N`` spawns ``N-1`` worker processes.
         session_len: longest sequence (prompt + generated) a request may reach; ``None`` takes
-            the model's ``max_position_embeddings``.
+            the model's ``max_position_embeddings``, or its ``sliding_window`` where that is
+            smaller (vlkit's attention is full; a longer ``session_len`` is refused).
         max_batch_size: most sequences in one step.
         max_prefill_token_num: token budget of one step (prefill chunks plus decodes).
         block_size: tokens per KV-cache block.

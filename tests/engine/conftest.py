@@ -30,3 +30,8 @@ def qwen2_path(ckpt_dir):
 @pytest.fixture(scope="session")
 def internlm2_path(ckpt_dir, llama_path):
     return write_internlm2_from_llama(llama_path, str(ckpt_dir / "internlm2"))
+
+
+@pytest.fixture(scope="session")
+def phi3_path(ckpt_dir):
+    return write_hf_checkpoint(str(ckpt_dir / "phi3"), "phi3", seed=2)

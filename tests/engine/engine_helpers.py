@@ -42,12 +42,21 @@ def _common(**kw):
 
 
 def write_hf_checkpoint(path: str, arch: str = "llama", seed: int = 0, **kw) -> str:
-    """``arch`` in llama / qwen2; extra kwargs go to the HF config."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    """``arch`` in llama / qwen2 / phi3; extra kwargs go to the HF config."""
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        Phi3Config,
+        Phi3ForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+    )
 
     torch.manual_seed(seed)
     if arch == "llama":
         model = LlamaForCausalLM(LlamaConfig(**_common(**kw)))
+    elif arch == "phi3":
+        model = Phi3ForCausalLM(Phi3Config(**_common(**{"pad_token_id": 0, **kw})))
     else:
         model = Qwen2ForCausalLM(Qwen2Config(**_common(**kw)))
     model.eval().save_pretrained(path)

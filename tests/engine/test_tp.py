@@ -29,7 +29,7 @@ def _alive_children():
     return [p for p in multiprocessing.active_children() if p.name.startswith("vlkit-tp")]
 
 
-@pytest.mark.parametrize("name", ["llama_path", "qwen2_path", "internlm2_path"])
+@pytest.mark.parametrize("name", ["llama_path", "qwen2_path", "internlm2_path", "phi3_path"])
 def test_tp2_equals_tp1(request, name):
     import torch
 

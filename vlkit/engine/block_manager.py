@@ -32,7 +32,8 @@ class BlockManager:
         num_cached_blocks (blocks holding a prefix-cache key), num_allocated_blocks (blocks
         handed out fresh since start), prefix_hit_blocks / prefix_hit_tokens (blocks / tokens
         reused from the cache) and prefix_query_tokens (tokens looked up), counted once per admission
-        of a sequence (again after a preemption).
+        of a sequence (again after a preemption); peak_used_blocks (high-water mark of
+        num_used_blocks since the start or :meth:`reset_peak`).
     """
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
@@ -49,6 +50,7 @@ class BlockManager:
         self.prefix_hit_blocks = 0
         self.prefix_hit_tokens = 0
         self.prefix_query_tokens = 0
+        self.peak_used_blocks = 0  # high-water mark of num_used_blocks (reset_peak starts it again)
 
     # -- counters ---------------------------------------------------------------------------
     @property
@@ -67,6 +69,15 @@ class BlockManager:
     def num_cached_blocks(self) -> int:
         return len(self._cached)
 
+    def reset_peak(self) -> None:
+        """Start the ``peak_used_blocks`` high-water mark again from the blocks in use now."""
+        self.peak_used_blocks = self.num_used_blocks
+
+    def _note_peak(self) -> None:
+        used = len(self.blocks) - len(self._free)
+        if used > self.peak_used_blocks:
+            self.peak_used_blocks = used
+
     def stats(self) -> dict[str, int]:
         return {
             "num_total_blocks": self.num_total_blocks,
@@ -77,6 +88,7 @@ class BlockManager:
             "prefix_hit_blocks": self.prefix_hit_blocks,
             "prefix_hit_tokens": self.prefix_hit_tokens,
             "prefix_query_tokens": self.prefix_query_tokens,
+            "peak_used_blocks": self.peak_used_blocks,
         }
 
     def blocks_for(self, num_tokens: int) -> int:
@@ -114,6 +126,7 @@ class BlockManager:
             raise RuntimeError("out of KV-cache blocks")
         for _ in range(need):
             seq.block_table.append(self._take_free().block_id)
+        self._note_peak()
 
     def free(self, seq: Sequence) -> None:
         """Drop ``seq``'s blocks (cached ones stay reusable until handed out again)."""
@@ -130,7 +143,9 @@ class BlockManager:
         """Blocks outside any sequence (e.g. for ``get_logits``); give back with :meth:`free_raw`."""
         if num_blocks > len(self._free):
             raise RuntimeError("out of KV-cache blocks")
-        return [self._take_free().block_id for _ in range(num_blocks)]
+        out = [self._take_free().block_id for _ in range(num_blocks)]
+        self._note_peak()
+        return out
 
     def free_raw(self, block_ids: list[int]) -> None:
         for block_id in reversed(block_ids):
@@ -143,7 +158,7 @@ class BlockManager:
     def _key(self, seq: Sequence, idx: int, prev: int | None) -> int:
         bs = self.block_size
         tokens = tuple(seq.token_ids[idx * bs : (idx + 1) * bs])
-        return hash((prev, tokens, seq.block_extra_keys(idx, bs)))
+        return hash((prev, tokens, seq.block_extra_keys(idx, bs), seq.rope_long))
 
     def match_prefix(self, seq: Sequence) -> int:
         """Attach the cached blocks matching ``seq``'s leading full blocks; return tokens reused.
@@ -172,6 +187,7 @@ class BlockManager:
             prev = key
         hit = len(seq.block_table)
         seq.num_computed_tokens = hit * bs
+        self._note_peak()
         return hit * bs
 
     def record_prefix_hit(self, seq: Sequence, hit_tokens: int) -> None:

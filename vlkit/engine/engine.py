@@ -43,6 +43,15 @@ from vlkit.models.spec import LanguageModelSpec
 logger = logging.getLogger(__name__)
 
 
+def sliding_window(config: dict[str, Any]) -> int | None:
+    """The attention window a text config sets (``sliding_window``, unless ``use_sliding_window``
+    is false, as Qwen2 configs say), or None."""
+    window = config.get("sliding_window")
+    if not window or config.get("use_sliding_window") is False:
+        return None
+    return int(window)
+
+
 def _as_id_list(x: Any) -> list[int]:
     if x is None:
         return []
@@ -78,6 +87,15 @@ class LLMEngine:
         self.hidden_size = int(spec.config.get("hidden_size", 0))
         max_pos = spec.config.get("max_position_embeddings")
         self.session_len = int(cfg.session_len or max_pos or 4096)
+        window = sliding_window(spec.config)
+        if window and self.session_len > window:
+            # attention here is always full: past the window it would differ from the model's
+            if cfg.session_len:
+                raise ValueError(
+                    f"EngineConfig.session_len={cfg.session_len} exceeds the checkpoint's sliding_window "
+                    f"{window}; vlkit has no sliding-window attention, so sequences are limited to the window"
+                )
+            self.session_len = window
         self.block_size = cfg.block_size
         self._lock = threading.RLock()
         self._closed = False
@@ -106,7 +124,8 @@ class LLMEngine:
             self.runner.close()
             raise
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, cfg.max_batch_size, cfg.max_prefill_token_num)
+        self.scheduler = Scheduler(self.block_manager, cfg.max_batch_size, cfg.max_prefill_token_num,
+                                   recompute_above=self.runner.longrope_threshold)
         self.eos_token_ids = self._eos_ids()
         self.sampler = Sampler(self.eos_token_ids)
         self._seqs: dict[str, Sequence] = {}
@@ -401,6 +420,7 @@ class LLMEngine:
                 num_running=len(self.scheduler.running),
                 num_waiting=len(self.scheduler.waiting),
                 num_preemptions=self.scheduler.num_preemptions,
+                num_rope_recomputes=self.scheduler.num_rope_recomputes,
             )
             return s
 

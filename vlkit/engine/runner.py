@@ -63,6 +63,7 @@ class StepInputs:
     # the single-token sequences are last step's, in the same order, each one token further:
     # the decode KV kept from last step can be extended instead of gathered again
     decode_reuse: bool = False
+    seq_total_lens: torch.Tensor | None = None  # [T] tokens of each token's sequence (LongRoPE only)
 
 
 class ModelRunner:
@@ -115,6 +116,10 @@ class ModelRunner:
         except Exception:
             self.close()
             raise
+        self._rotary = getattr(getattr(self.model, "model", None), "rotary_emb", None)
+        self.rope_type: str | None = getattr(self._rotary, "rope_type", None)
+        # LongRoPE: a sequence longer than this is computed with the long factors
+        self.longrope_threshold: int | None = self._rotary.original_max if self.rope_type == "longrope" else None
         self.kv_caches: list[torch.Tensor] = []
         self.num_blocks = 0
         # decode KV kept between steps (see AttentionContext.decode_kv); rank 0 also remembers
@@ -162,8 +167,10 @@ class ModelRunner:
         logit_rows: list[int] = []
         sample_seqs: list[Sequence] = []
         single_slots: list[int] = []
+        totals: list[int] = []
         for c in order:
             seq, n = c.seq, c.num_tokens
+            totals.extend([seq.num_tokens] * n)
             start, flat = seq.num_computed_tokens, len(ids)
             end = start + n
             ids.extend(seq.token_ids[start:end])
@@ -216,6 +223,7 @@ class ModelRunner:
             embeddings=embeddings,
             zero_blocks=list(zero_blocks),
             decode_reuse=reuse,
+            seq_total_lens=torch.tensor(totals, dtype=torch.int64) if self.rope_type == "longrope" else None,
         )
         return inputs, sample_seqs
 
@@ -273,9 +281,9 @@ class ModelRunner:
                 q = torch.arange(length, device=dev)[:, None] + (context_len - length)
                 mask = torch.arange(context_len, device=dev)[None, :] <= q
             ctx.prefills.append(PrefillChunk(start, length, context_len, torch.tensor(bt, device=dev), mask))
-        if getattr(getattr(self.model, "model", None), "rotary_emb", None) is not None and getattr(
-            self.model.model.rotary_emb, "dynamic", False
-        ):
+        if inp.seq_total_lens is not None:  # LongRoPE: the factors follow the whole sequence's length
+            ctx.seq_lens = inp.seq_total_lens.to(dev)
+        elif getattr(self._rotary, "needs_seq_lens", False):
             lens = [int(x) for x in inp.single_context_lens.tolist()] + [p[2] for p in inp.prefills]
             reps = [1] * n + [p[1] for p in inp.prefills]
             ctx.seq_lens = torch.repeat_interleave(torch.tensor(lens), torch.tensor(reps)).to(dev)

@@ -13,6 +13,11 @@ sequences:
 Tokens of all scheduled sequences are packed into one flat batch by the runner; nothing is
 padded. A sequence that cannot grow even with the whole cache to itself finishes with
 ``"length"``.
+
+LongRoPE models (``recompute_above`` = the pretraining length): a sequence longer than that
+uses the long rotary factors for all its tokens, as transformers' Phi-3 does. One that grows
+past it while running is sent back to the front of the waiting queue to be computed again, and
+its cache keys change with the factors, so that short-factor blocks are never reused for it.
 """
 
 from __future__ import annotations
@@ -25,13 +30,28 @@ from vlkit.engine.sequence import ScheduledChunk, Sequence, SequenceStatus
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_batch_size: int, max_num_batched_tokens: int):
+    def __init__(self, block_manager: BlockManager, max_batch_size: int, max_num_batched_tokens: int,
+                 recompute_above: int | None = None):
         self.bm = block_manager
         self.max_batch_size = max_batch_size
         self.token_budget = max_num_batched_tokens
+        self.recompute_above = recompute_above
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # sorted by arrival
         self.num_preemptions = 0
+        self.num_rope_recomputes = 0
+
+    def _long(self, seq: Sequence) -> bool:
+        return self.recompute_above is not None and seq.num_tokens > self.recompute_above
+
+    def _recompute_grown(self) -> None:
+        """Send running sequences that just outgrew the short rotary factors back to be recomputed."""
+        for seq in [s for s in self.running if not s.rope_long and self._long(s)]:
+            self.running.remove(seq)
+            self.bm.free(seq)
+            seq.status = SequenceStatus.WAITING
+            self.waiting.appendleft(seq)
+            self.num_rope_recomputes += 1
 
     def add(self, seq: Sequence) -> None:
         seq.status = SequenceStatus.WAITING
@@ -61,6 +81,8 @@ class Scheduler:
         chunks: list[ScheduledChunk] = []
         out_of_cache: list[Sequence] = []
         preempted = False
+        if self.recompute_above is not None:
+            self._recompute_grown()
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
@@ -90,6 +112,7 @@ class Scheduler:
             return chunks, out_of_cache
         while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
+            seq.rope_long = self._long(seq)  # before the lookup: the factors are part of the keys
             cached = self.bm.match_prefix(seq)
             n = min(seq.num_tokens - seq.num_computed_tokens, budget)
             if not self.bm.can_append(seq, n):

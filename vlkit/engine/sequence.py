@@ -67,6 +67,7 @@ class Sequence:
         self.block_hashes: list[int] = []  # prefix-cache keys of the leading full blocks
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache (first admission)
         self.admitted = False
+        self.rope_long = False  # LongRoPE: computed with the long factors (part of its cache keys)
         self.finish_reason: str | None = None
         self.generator = generator
         self.logprobs: list[dict[int, float]] | None = [] if req.gen_config.logprobs is not None else None

@@ -55,7 +55,7 @@ class AttentionContext:
             longest context of the step with ``decode_kv``.
         single_context_lens: ``[num_single]`` int32 (for flash-attn).
         prefills: the multi-token chunks, in flat-batch order after the single tokens.
-        seq_lens: ``[T]`` length of each token's sequence after this step (dynamic RoPE only).
+        seq_lens: ``[T]`` length of each token's sequence after this step (dynamic NTK RoPE and LongRoPE only).
         workspace: scratch buffer for the gathered decode KV, reused across layers.
         decode_kv: optional per-layer ``[2, num_single, kv_heads, cap, head_dim]`` buffers that
             hold the single-token sequences' keys/values contiguously (row ``i`` = sequence

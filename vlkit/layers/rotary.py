@@ -1,4 +1,4 @@
-"""Rotary position embedding: plain, scaled (linear, dynamic NTK, llama3) and multimodal (M-RoPE).
+"""Rotary position embedding: plain, scaled (linear, dynamic NTK, llama3, LongRoPE) and multimodal (M-RoPE).
 
 :func:`rope_parameters` reads the RoPE settings from an HF config dict in any of its spellings
 (transformers 5 ``rope_parameters``; 4.x ``rope_theta`` + ``rope_scaling`` with ``type`` or
@@ -8,6 +8,13 @@ every attention layer then calls :func:`apply_rotary` (the HF ``rotate_half`` co
 M-RoPE (Qwen2-VL): positions are ``[3, T]`` (temporal, height, width); the ``head_dim / 2``
 frequencies are split into ``mrope_section`` chunks and chunk ``i`` takes its angle from axis
 ``i % 3``. With all three axes equal this is exactly 1-D RoPE.
+
+LongRoPE (Phi-3 128k, ``rope_type`` ``longrope``, or ``su`` as older configs say): per-frequency
+``short_factor`` divisors while a sequence is at most ``original_max_position_embeddings`` long,
+``long_factor`` ones beyond, and cos/sin scaled by ``attention_factor`` (by default
+``sqrt(1 + ln(factor) / ln(original_max))`` with ``factor = max_position_embeddings /
+original_max``). As in transformers, the choice follows the length of the sequence at the
+step: a token computed while its sequence was short keeps its short-factor keys in the cache.
 """
 
 from __future__ import annotations
@@ -29,8 +36,12 @@ def rope_parameters(config: dict[str, Any]) -> dict[str, Any]:
     rope_type = params.get("rope_type") or params.get("type") or "default"
     if rope_type == "mrope":
         rope_type = "default"
+    if rope_type == "su":  # Phi-3's first name for LongRoPE
+        rope_type = "longrope"
     params["rope_type"] = rope_type
     params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
+    if "original_max_position_embeddings" not in params and "original_max_position_embeddings" in config:
+        params["original_max_position_embeddings"] = config["original_max_position_embeddings"]
     return params
 
 
@@ -51,6 +62,24 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, p: dict[str, Any]) -> torch.Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
+def _longrope(head_dim: int, base: float, p: dict[str, Any], max_pos: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(short inverse frequencies, long ones, attention factor) of LongRoPE."""
+    missing = [k for k in ("short_factor", "long_factor", "original_max_position_embeddings") if not p.get(k)]
+    if missing:
+        raise ValueError(f"longrope rope scaling needs {', '.join(missing)} in config.json")
+    original = int(p["original_max_position_embeddings"])
+    factor = p.get("factor") or max_pos / original
+    attention = p.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    exps = torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim
+    short, long = (torch.tensor(p[k], dtype=torch.float32) for k in ("short_factor", "long_factor"))
+    if short.numel() != head_dim // 2 or long.numel() != head_dim // 2:
+        raise ValueError(f"longrope short_factor/long_factor need head_dim / 2 = {head_dim // 2} values each, "
+                         f"got {short.numel()} and {long.numel()}")
+    return 1.0 / (short * base**exps), 1.0 / (long * base**exps), float(attention)
+
+
 class RotaryEmbedding(nn.Module):
     """Positions -> ``(cos, sin)``, each ``[T, 1, head_dim / 2]`` in ``dtype``.
 
@@ -68,7 +97,7 @@ class RotaryEmbedding(nn.Module):
         self.rope_type = p["rope_type"]
         self.base = float(p["rope_theta"])
         self.max_position_embeddings = int(config.get("max_position_embeddings", 2048))
-        self.factor = float(p.get("factor", 1.0))
+        self.factor = float(p.get("factor") or 1.0)
         section = p.get("mrope_section")
         self.mrope_section = list(section) if section else None
         inv = _inv_freq(head_dim, self.base)
@@ -76,21 +105,39 @@ class RotaryEmbedding(nn.Module):
             inv = inv / self.factor
         elif self.rope_type == "llama3":
             inv = _llama3_inv_freq(inv, p)
-        elif self.rope_type not in ("default", "dynamic"):
+        partial = float(p.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0)) or 1.0)
+        if partial != 1.0:
+            raise NotImplementedError(f"partial_rotary_factor {partial} is not supported (only whole-head RoPE)")
+        self.attention_factor = 1.0
+        self.long_inv_freq: torch.Tensor | None = None
+        self.original_max = int(p.get("original_max_position_embeddings") or self.max_position_embeddings)
+        if self.rope_type == "longrope":
+            inv, self.long_inv_freq, self.attention_factor = _longrope(head_dim, self.base, p,
+                                                                       self.max_position_embeddings)
+        elif self.rope_type not in ("default", "dynamic", "linear", "llama3"):
             raise NotImplementedError(f"rope type {self.rope_type!r} is not supported")
         self.inv_freq = inv
         self._cos = self._sin = None
+        self._long: tuple[torch.Tensor, torch.Tensor] | None = None
         self._build(max(self.max_position_embeddings, 4096))
 
     @property
     def dynamic(self) -> bool:
         return self.rope_type == "dynamic"
 
+    @property
+    def needs_seq_lens(self) -> bool:
+        """Whether :meth:`forward` needs each token's sequence length (dynamic NTK, LongRoPE)."""
+        return self.rope_type in ("dynamic", "longrope")
+
+    def _table(self, inv_freq: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        freqs = torch.arange(n, dtype=torch.int64).float()[:, None] * inv_freq[None, :]
+        return (freqs.cos() * self.attention_factor).to(self.dtype), (freqs.sin() * self.attention_factor).to(self.dtype)
+
     def _build(self, n: int) -> None:
-        t = torch.arange(n, dtype=torch.int64).float()
-        freqs = t[:, None] * self.inv_freq[None, :]
-        self._cos = freqs.cos().to(self.dtype)
-        self._sin = freqs.sin().to(self.dtype)
+        self._cos, self._sin = self._table(self.inv_freq, n)
+        if self.long_inv_freq is not None:
+            self._long = self._table(self.long_inv_freq, n)
 
     def _tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         need = int(positions.max()) + 1 if positions.numel() else 1
@@ -98,7 +145,19 @@ class RotaryEmbedding(nn.Module):
             self._build(max(need, 2 * self._cos.shape[0]))
         if self._cos.device != positions.device:
             self._cos, self._sin = self._cos.to(positions.device), self._sin.to(positions.device)
+            if self._long is not None:
+                self._long = (self._long[0].to(positions.device), self._long[1].to(positions.device))
         return self._cos[positions], self._sin[positions]
+
+    def _longrope(self, positions: torch.Tensor, seq_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self._tables(positions)
+        long = seq_lens > self.original_max
+        if positions.dim() == 2:
+            long = long.expand(positions.shape[0], -1)
+        if bool(long.any()):
+            lc, ls = self._long[0][positions], self._long[1][positions]
+            cos, sin = torch.where(long[..., None], lc, cos), torch.where(long[..., None], ls, sin)
+        return cos, sin
 
     def _dynamic(self, positions: torch.Tensor, seq_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # HF recomputes the base from the current sequence length whenever it exceeds
@@ -113,13 +172,15 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor, seq_lens: torch.Tensor | None = None):
         """``positions``: ``[T]`` or ``[3, T]`` (M-RoPE); ``seq_lens``: per-token sequence
-        length, needed only by dynamic NTK scaling."""
+        length, needed only by dynamic NTK scaling and LongRoPE (:attr:`needs_seq_lens`)."""
         if positions.dim() == 2 and not self.mrope_section:
             positions = positions[0]
         if self.dynamic and seq_lens is not None:
             if positions.dim() == 2:
                 seq_lens = seq_lens.expand(positions.shape[0], -1)
             cos, sin = self._dynamic(positions, seq_lens)
+        elif self._long is not None and seq_lens is not None:
+            cos, sin = self._longrope(positions, seq_lens)
         else:
             cos, sin = self._tables(positions)
         if positions.dim() == 2:  # [3, T, D/2] -> [T, D/2], section i from axis i % 3

@@ -10,6 +10,7 @@ BUILTIN_BACKBONES: dict[str, str] = {
     "MistralForCausalLM": "vlkit.models.llama:LlamaForCausalLM",
     "Qwen2ForCausalLM": "vlkit.models.qwen2:Qwen2ForCausalLM",
     "InternLM2ForCausalLM": "vlkit.models.internlm2:InternLM2ForCausalLM",
+    "Phi3ForCausalLM": "vlkit.models.phi3:Phi3ForCausalLM",
 }
 
 # config.json "model_type" -> architecture, for checkpoints without "architectures".
@@ -18,6 +19,7 @@ MODEL_TYPES: dict[str, str] = {
     "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
     "internlm2": "InternLM2ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
 
 
