@@ -173,8 +173,10 @@ class OriginalReference:
                  max_num: int | None = None) -> Reference:
         query, pixels = self.query(messages, max_num)
         ids = self.tokenizer(query, return_tensors="pt")
-        # chat() stops on <|im_end|> only; vlkit (as lmdeploy) also stops on the tokenizer's EOS
-        eos = sorted({self.tokenizer.convert_tokens_to_ids("<|im_end|>"), self.tokenizer.eos_token_id})
+        # chat() stops on its template's separator only (<|im_end|>, <|end|> for phi3-chat); vlkit
+        # (as lmdeploy) also stops on the tokenizer's EOS
+        sep = CONV[self.cfg["template"]][3].strip()
+        eos = sorted({self.tokenizer.convert_tokens_to_ids(sep), self.tokenizer.eos_token_id})
         return _run(self.model, ids, pixels, max_new_tokens, eos, self.image_token_id, mask_eos)
 
 

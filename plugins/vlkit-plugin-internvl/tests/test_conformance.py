@@ -39,3 +39,14 @@ class TestInternVLOriginalInternLM2(VLMConformanceSuite):
 
     def make_reference(self, model_dir: Path):
         return OriginalReference(model_dir, model_dir.parent / f"{model_dir.name}-hf")
+
+
+class TestInternVLOriginalPhi3(VLMConformanceSuite):
+    """InternVL2-4B's layout: a Phi-3 language model (fused qkv_proj / gate_up_proj), phi3-chat."""
+
+    family = "internvl"
+    checkpoint_options = {"llm": "phi3", "seed": 2}
+    max_new_tokens = 8
+
+    def make_reference(self, model_dir: Path):
+        return OriginalReference(model_dir, model_dir.parent / f"{model_dir.name}-hf")

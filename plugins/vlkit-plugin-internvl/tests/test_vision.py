@@ -128,5 +128,7 @@ def test_language_model_spec(ckpts):
     assert spec.rename("language_model.model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
     assert spec.rename("language_model.lm_head.weight") == "lm_head.weight"
     assert spec.rename("mlp1.0.weight") is None
-    with pytest.raises(ValueError, match="Phi3"):
-        original_language_model_spec({"llm_config": {"architectures": ["Phi3ForCausalLM"]}}, ckpts["qwen2"])
+    spec = original_language_model_spec({"llm_config": {"architectures": ["Phi3ForCausalLM"]}}, ckpts["qwen2"])
+    assert spec.rename("language_model.model.layers.0.mlp.gate_up_proj.weight") == "model.layers.0.mlp.gate_up_proj.weight"
+    with pytest.raises(ValueError, match="supported: .*Phi3ForCausalLM"):
+        original_language_model_spec({"llm_config": {"architectures": ["GemmaForCausalLM"]}}, ckpts["qwen2"])

@@ -218,6 +218,27 @@ def _llama_to_internlm2(sd: dict[str, Any], tc: dict[str, Any]) -> dict[str, Any
     return out
 
 
+def _llama_to_phi3(sd: dict[str, Any], tc: dict[str, Any]) -> dict[str, Any]:
+    """HF LLaMA names -> Phi-3's fused ``qkv_proj`` ``[q; k; v]`` and ``gate_up_proj`` ``[gate; up]``."""
+    import torch
+
+    L = "model.language_model."
+    out = {
+        "language_model.model.embed_tokens.weight": sd[L + "embed_tokens.weight"],
+        "language_model.model.norm.weight": sd[L + "norm.weight"],
+        "language_model.lm_head.weight": sd["lm_head.weight"],
+    }
+    for i in range(tc["num_hidden_layers"]):
+        s, o = f"{L}layers.{i}.", f"language_model.model.layers.{i}."
+        out[o + "self_attn.qkv_proj.weight"] = torch.cat([sd[s + f"self_attn.{x}_proj.weight"] for x in "qkv"])
+        out[o + "self_attn.o_proj.weight"] = sd[s + "self_attn.o_proj.weight"]
+        out[o + "mlp.gate_up_proj.weight"] = torch.cat([sd[s + "mlp.gate_proj.weight"], sd[s + "mlp.up_proj.weight"]])
+        out[o + "mlp.down_proj.weight"] = sd[s + "mlp.down_proj.weight"]
+        out[o + "input_layernorm.weight"] = sd[s + "input_layernorm.weight"]
+        out[o + "post_attention_layernorm.weight"] = sd[s + "post_attention_layernorm.weight"]
+    return out
+
+
 def tiny_internvl_original(
     directory: str | Path,
     llm: str = "qwen2",
@@ -227,19 +248,20 @@ def tiny_internvl_original(
     max_dynamic_patch: int = 6,
     shards: int = 1,
 ) -> Path:
-    """The original ``InternVLChatModel`` layout with a ``llm`` (qwen2 | internlm2) language model.
+    """The original ``InternVLChatModel`` layout with a ``llm`` (qwen2 | internlm2 | phi3) language model.
 
     The weights are those of ``hf_checkpoint`` (a :func:`tiny_internvl_hf` directory, with a
-    qwen2 text model for ``llm="qwen2"``, llama for ``"internlm2"``); one is written next to
-    ``directory`` when not given. ``template`` defaults to the released one: ``Hermes-2`` for
-    Qwen2 (InternVL2-1B), ``internlm2-chat`` for InternLM2 (InternVL2-2B/8B). ``shards > 1``
+    qwen2 text model for ``llm="qwen2"``, llama for ``"internlm2"`` and ``"phi3"``); one is
+    written next to ``directory`` when not given. ``template`` defaults to the released one:
+    ``Hermes-2`` for Qwen2 (InternVL2-1B), ``internlm2-chat`` for InternLM2 (InternVL2-2B/8B),
+    ``phi3-chat`` for Phi-3 (InternVL2-4B; default RoPE here, where the release uses LongRoPE). ``shards > 1``
     writes ``model-0000i-of-0000n.safetensors`` with an index, as the released checkpoints.
     """
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    if llm not in ("qwen2", "internlm2"):
-        raise ValueError(f"llm must be 'qwen2' or 'internlm2', got {llm!r}")
+    if llm not in ("qwen2", "internlm2", "phi3"):
+        raise ValueError(f"llm must be 'qwen2', 'internlm2' or 'phi3', got {llm!r}")
     if hf_checkpoint is None:
         hf_checkpoint = tiny_internvl_hf(
             directory.parent / f"{directory.name}-hf", text="qwen2" if llm == "qwen2" else "llama", seed=seed
@@ -254,6 +276,8 @@ def tiny_internvl_original(
             if k.startswith("model.language_model."):
                 tensors["language_model.model." + k[len("model.language_model."):]] = v
         tensors["language_model.lm_head.weight"] = sd["lm_head.weight"]
+    elif llm == "phi3":
+        tensors.update(_llama_to_phi3(sd, tc))
     else:
         tensors.update(_llama_to_internlm2(sd, tc))
     directory.mkdir(parents=True, exist_ok=True)
@@ -280,6 +304,11 @@ def tiny_internvl_original(
         llm_config = dict(common, architectures=["Qwen2ForCausalLM"], model_type="qwen2", hidden_act="silu",
                           use_sliding_window=False, rope_scaling=None)
         template = template or "Hermes-2"
+    elif llm == "phi3":
+        llm_config = dict(common, architectures=["Phi3ForCausalLM"], model_type="phi3", hidden_act="silu",
+                          original_max_position_embeddings=common["max_position_embeddings"], rope_scaling=None,
+                          sliding_window=None)
+        template = template or "phi3-chat"
     else:
         llm_config = dict(common, architectures=["InternLM2ForCausalLM"], model_type="internlm2", hidden_act="silu",
                           bias=False, rope_scaling=None,

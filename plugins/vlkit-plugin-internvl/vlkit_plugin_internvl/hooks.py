@@ -112,14 +112,9 @@ def original_language_model_spec(hf_config: dict[str, Any], model_path: Path) ->
     llm["tie_word_embeddings"] = False
     if arch == "InternLM2ForCausalLM":
         prefixes: tuple[tuple[str, str], ...] = (("language_model.", ""),)
-    elif arch in ("Qwen2ForCausalLM", "LlamaForCausalLM"):
+    elif arch in ("Qwen2ForCausalLM", "LlamaForCausalLM", "Phi3ForCausalLM"):
         prefixes = (("language_model.model.", "model."), ("language_model.lm_head.", "lm_head."))
-    elif arch == "Phi3ForCausalLM":
-        raise ValueError(
-            "InternVL with a Phi-3 language model (InternVL2-4B) needs a Phi3ForCausalLM backbone, which "
-            "vlkit's core does not ship yet (its LongRoPE scaling is not implemented)"
-        )
     else:
         raise ValueError(f"InternVLChatModel llm_config names architecture {arch!r}; supported: "
-                         "InternLM2ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM")
+                         "InternLM2ForCausalLM, Qwen2ForCausalLM, LlamaForCausalLM, Phi3ForCausalLM")
     return LanguageModelSpec(architecture=arch, config=llm, model_path=str(model_path), weight_prefixes=prefixes)
