@@ -256,10 +256,14 @@ def test_api_keys_limits(pipe):
         assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
 
         async def two():
-            async with httpx.AsyncClient(timeout=60, headers=ok) as c:
-                long = {"model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 200, "ignore_eos": True}
+            async with httpx.AsyncClient(timeout=120, headers=ok) as c:
+                long = {"model": "tiny", "messages": [{"role": "user", "content": "go"}], "max_tokens": 1500,
+                        "ignore_eos": True}
                 first = asyncio.create_task(c.post(s.url + "/v1/chat/completions", json=long))
-                await asyncio.sleep(0.3)
+                # the second request goes in while the first is in flight (not after a guessed delay)
+                while "vlkit_requests_running 1" not in (await c.get(s.url + "/metrics")).text:
+                    assert not first.done(), "the long request ended before the server reported it running"
+                    await asyncio.sleep(0.005)
                 second = await c.post(s.url + "/v1/chat/completions", json=chat)
                 return await first, second
 
