@@ -49,3 +49,15 @@ def run_isolated():
 def pip_target():
     """``pip_target(target_dir, *packages)``: a real ``pip install --target``."""
     return pip_install_target
+
+
+@pytest.fixture(scope="session")
+def llava_dir(tmp_path_factory) -> Path:
+    """A tiny random-weight LLaVA-1.5 checkpoint (the LLaVA plugin's factory), written once; read only."""
+    from vlkit.registry import get_registry
+
+    try:
+        fam = get_registry().get_family("llava")
+    except KeyError:
+        pytest.skip("vlkit-plugin-llava is not installed")
+    return fam.tiny_checkpoint(tmp_path_factory.mktemp("llava") / "tiny-llava")

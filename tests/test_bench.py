@@ -11,20 +11,10 @@ import pytest
 
 from vlkit.bench import workloads
 from vlkit.cli import main as cli_main
-from vlkit.registry import get_registry
-
-
-@pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory):
-    try:
-        fam = get_registry().get_family("llava")
-    except KeyError:
-        pytest.skip("vlkit-plugin-llava is not installed")
-    return str(fam.tiny_checkpoint(tmp_path_factory.mktemp("bench") / "tiny-llava"))
 
 
 def test_w2_later_turns_hit_both_caches_and_miss_without_them(llava_dir):
-    res = workloads.run_w2(sessions=2, turns=3, new_tokens=4, checkpoint_dir=llava_dir)
+    res = workloads.run_w2(sessions=2, turns=3, new_tokens=4, checkpoint_dir=str(llava_dir))
     on, off = res["caches_on"]["turns"], res["caches_off"]["turns"]
     assert [t["turn"] for t in on] == [1, 2, 3]
     assert on[0]["prefix_hit_tokens"] == 0 and on[0]["image_feature_cache_hits"] == 0
@@ -39,7 +29,7 @@ def test_w2_later_turns_hit_both_caches_and_miss_without_them(llava_dir):
 
 
 def test_w3_batches_the_vision_forward(llava_dir):
-    res = workloads.run_w3(num_images=5, batch_sizes=(1, 4), repeats=1, checkpoint_dir=llava_dir)
+    res = workloads.run_w3(num_images=5, batch_sizes=(1, 4), repeats=1, checkpoint_dir=str(llava_dir))
     assert [r["forward_calls"] for r in res["results"]] == [5, 2]
     assert res["results"][0]["vs_first"] == 1.0
     assert all(r["images_per_s"] > 0 for r in res["results"])
@@ -47,7 +37,7 @@ def test_w3_batches_the_vision_forward(llava_dir):
 
 
 def test_w4_kv_memory_follows_the_tokens_in_flight(llava_dir, tmp_path):
-    res = workloads.run_w4(loads=(1, 3), new_tokens=4, checkpoint_dir=llava_dir)
+    res = workloads.run_w4(loads=(1, 3), new_tokens=4, checkpoint_dir=str(llava_dir))
     one, three = res["results"]
     assert one["requests"] == 1 and three["requests"] == 3
     assert one["output_tokens"] == 4 and three["output_tokens"] == 12
@@ -70,7 +60,7 @@ def test_cli_rejects_an_unknown_workload(capsys, tmp_path):
 def test_w3_from_the_command_line_writes_its_record(llava_dir, tmp_path, monkeypatch, capsys):
     real = workloads.run_w3
     monkeypatch.setattr(workloads, "run_w3", lambda: real(num_images=3, batch_sizes=(1, 3), repeats=1,
-                                                          checkpoint_dir=llava_dir))
+                                                          checkpoint_dir=str(llava_dir)))
     out = tmp_path / "w3.json"
     assert cli_main(["bench", "w3", "--output", str(out)]) == 0
     rec = json.loads(out.read_text())

@@ -10,19 +10,9 @@ import torch
 
 import vlkit
 from vlkit import GenerationConfig
-from vlkit.registry import get_registry
 from vlkit.testing.images import image_bytes, make_image
 
 GEN = GenerationConfig(max_new_tokens=6)
-
-
-@pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory):
-    try:
-        fam = get_registry().get_family("llava")
-    except KeyError:
-        pytest.skip("vlkit-plugin-llava is not installed")
-    return fam.tiny_checkpoint(tmp_path_factory.mktemp("pipe") / "tiny-llava")
 
 
 @pytest.fixture(scope="module")

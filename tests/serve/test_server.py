@@ -12,7 +12,6 @@ import httpx
 import pytest
 
 import vlkit
-from vlkit.registry import get_registry
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
@@ -53,17 +52,8 @@ class _Server:
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    try:
-        fam = get_registry().get_family("llava")
-    except KeyError:
-        pytest.skip("vlkit-plugin-llava is not installed")
-    return fam.tiny_checkpoint(tmp_path_factory.mktemp("serve") / "tiny-llava")
-
-
-@pytest.fixture(scope="module")
-def pipe(ckpt):
-    p = vlkit.pipeline(ckpt, engine_config=vlkit.EngineConfig(num_blocks=512, max_batch_size=64))
+def pipe(llava_dir):
+    p = vlkit.pipeline(llava_dir, engine_config=vlkit.EngineConfig(num_blocks=512, max_batch_size=64))
     yield p
     p.close()
 
