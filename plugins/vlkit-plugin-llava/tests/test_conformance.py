@@ -1,8 +1,9 @@
 """The vlkit conformance suite for the three LLaVA layouts.
 
 * llava-hf 1.5 and NeXT: against transformers' own classes and processors;
-* the original layout (1.5 and 1.6): written from the same weights as a transformers twin, and
-  compared with that twin fed the ORIGINAL code's prompt (llava_v1) and preprocessing
+* the original layout (1.5, 1.6 and 1.6-mistral): written from the same weights as a transformers
+  twin, and compared with that twin fed the ORIGINAL code's prompt (llava_v1, or mistral_instruct)
+  and preprocessing
   (:mod:`vlkit_plugin_llava.testing`).
 """
 
@@ -47,3 +48,9 @@ class TestLlavaOriginal15(_Original):
 
 class TestLlavaOriginal16(_Original):
     checkpoint_options = {"version": "1.6", "shards": 2}
+
+
+class TestLlavaOriginal16Mistral(_Original):
+    """liuhaotian/llava-v1.6-mistral-7b's layout: LlavaMistralForCausalLM, mistral_instruct prompts."""
+
+    checkpoint_options = {"version": "1.6", "llm": "mistral"}

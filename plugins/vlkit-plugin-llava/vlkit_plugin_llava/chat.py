@@ -7,7 +7,8 @@
   An image the user placed with ``IMAGE_TOKEN`` is written as ``<image>`` inside the message
   text (what a transformers user writes), since llava-hf templates put image parts first.
 * the original layout (:class:`LlavaOriginalChatTemplate`): LLaVA's ``llava_v1`` conversation
-  (core template ``llava-v1``) and LLaVA's ``tokenizer_image_token``: the text between image
+  (core template ``llava-v1``; ``llava-mistral-instruct``, LLaVA's ``mistral_instruct``, for
+  ``LlavaMistralForCausalLM``) and LLaVA's ``tokenizer_image_token``: the text between image
   markers is tokenized piece by piece, so no token straddles an image. The original
   tokenizer has no image token; the image positions hold the tokenizer's ``unk`` id (the
   engine overwrites them with the image embeddings).
@@ -48,6 +49,13 @@ def _inline_placed_images(msg: dict[str, Any], marker: str) -> dict[str, Any]:
 
 class LlavaOriginalChatTemplate(LlavaHFChatTemplate):
     default_template = "llava-v1"
+
+    def __init__(self, family: Any, hf_config: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        from vlkit_plugin_llava.layout import ORIGINAL_LLAVA_MISTRAL
+
+        if ORIGINAL_LLAVA_MISTRAL in ((hf_config or {}).get("architectures") or []):
+            self.default_template = "llava-mistral-instruct"  # LLaVA's conv_mistral_instruct
+        super().__init__(family, hf_config, *args, **kwargs)
 
     @property
     def image_token_id(self) -> int:

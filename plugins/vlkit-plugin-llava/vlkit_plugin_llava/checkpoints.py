@@ -313,12 +313,15 @@ def _write_clip_tower(tower: dict[str, Any], vision_config: dict[str, Any], imag
 def tiny_llava_original(
     directory: str | Path, *, version: str = "1.5", seed: int = 0, size: str = "tiny",
     hf_checkpoint: str | Path | None = None, fmt: str = "safetensors", shards: int = 1, dtype: str = "float32",
-    text_init_std: float = 0.2,
+    text_init_std: float = 0.2, llm: str = "llama",
 ) -> Path:
     """Write the original ``LlavaLlamaForCausalLM`` layout from a transformers twin's weights.
 
     :param version: ``"1.5"`` (``image_aspect_ratio: pad``, from a ``tiny_llava`` twin) or
         ``"1.6"`` (``anyres`` + ``spatial_unpad``, from a ``tiny_llava_next`` twin).
+    :param llm: ``"llama"`` (Vicuna) or ``"mistral"``: ``LlavaMistralForCausalLM``, as
+        liuhaotian/llava-v1.6-mistral-7b (the same computation without a sliding window; the
+        ``mistral_instruct`` conversation).
     :param hf_checkpoint: the transformers twin to convert; written to :func:`hf_twin_path`
         when not given.
     :param fmt: ``"safetensors"`` or ``"bin"``; ``shards > 1`` writes an index.
@@ -327,6 +330,8 @@ def tiny_llava_original(
 
     if version not in ("1.5", "1.6"):
         raise ValueError(f"version must be '1.5' or '1.6', got {version!r}")
+    if llm not in ("llama", "mistral"):
+        raise ValueError(f"llm must be 'llama' or 'mistral', got {llm!r}")
     directory = Path(directory).absolute()
     directory.mkdir(parents=True, exist_ok=True)
     twin = Path(hf_checkpoint) if hf_checkpoint is not None else hf_twin_path(directory)
@@ -409,6 +414,9 @@ def tiny_llava_original(
             "tokenizer_padding_side": "right",
             "unfreeze_mm_vision_tower": True,
         })
+    if llm == "mistral":
+        config.update({"_name_or_path": "mistralai/Mistral-7B-Instruct-v0.2", "architectures": ["LlavaMistralForCausalLM"],
+                       "model_type": "llava_mistral", "sliding_window": None})
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     (directory / "generation_config.json").write_text(json.dumps(
         {"bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0, "max_length": 4096, "transformers_version": "4.31.0"},

@@ -4,7 +4,8 @@ Three families, one per checkpoint layout:
 
 * ``llava`` — ``LlavaForConditionalGeneration`` (llava-hf/llava-1.5-*-hf);
 * ``llava-next`` — ``LlavaNextForConditionalGeneration`` (llava-hf/llava-v1.6-*-hf);
-* ``llava-original`` — ``LlavaLlamaForCausalLM`` (liuhaotian/llava-v1.5-*, llava-v1.6-vicuna-*).
+* ``llava-original`` — ``LlavaLlamaForCausalLM`` (liuhaotian/llava-v1.5-*, llava-v1.6-vicuna-*) and
+  ``LlavaMistralForCausalLM`` (liuhaotian/llava-v1.6-mistral-7b).
 
 This module imports no torch and no transformers: model code loads inside the hooks.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 from vlkit.hookspecs import hookimpl
 from vlkit.registry import ModelFamily
-from vlkit_plugin_llava.layout import HF_LLAVA, HF_LLAVA_NEXT, ORIGINAL_LLAVA
+from vlkit_plugin_llava.layout import HF_LLAVA, HF_LLAVA_NEXT, ORIGINAL_LLAVA, ORIGINAL_LLAVA_MISTRAL
 
 FAMILY_LLAVA = "llava"
 FAMILY_NEXT = "llava-next"
@@ -66,10 +67,12 @@ def vlkit_register_families() -> list[ModelFamily]:
         ),
         ModelFamily(
             name=FAMILY_ORIGINAL,
-            architectures=(ORIGINAL_LLAVA,),
-            chat_templates={"llava-v1": _core_template("llava-v1"), "vicuna-v1": _core_template("vicuna-v1")},
+            architectures=(ORIGINAL_LLAVA, ORIGINAL_LLAVA_MISTRAL),
+            chat_templates={"llava-v1": _core_template("llava-v1"), "vicuna-v1": _core_template("vicuna-v1"),
+                            "llava-mistral-instruct": _template("llava-mistral-instruct")},
             tiny_checkpoint=_factory("tiny_llava_original"),
-            description="LLaVA-1.5 / 1.6 in the original repository's layout (liuhaotian/llava-v1.5-7b)",
+            description="LLaVA-1.5 / 1.6 in the original repository's layout (liuhaotian/llava-v1.5-7b, "
+                        "llava-v1.6-mistral-7b)",
         ),
     ]
 
@@ -101,7 +104,7 @@ def vlkit_chat_template_wrapper(
 
 @hookimpl
 def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path: Path) -> Any:
-    """The original layout is a LLaMA checkpoint with extra ``model.mm_*`` tensors.
+    """The original layout is a LLaMA (or Mistral) checkpoint with extra ``model.mm_*`` tensors.
 
     transformers' layouts are left to the core's default (``text_config`` and the
     ``language_model.`` / ``model.language_model.`` prefixes).
@@ -115,10 +118,12 @@ def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path
         "tokenizer_model_max_length", "tokenizer_padding_side",
     }
     config = {k: v for k, v in hf_config.items() if k not in drop and not k.startswith(("mm_", "image_"))}
-    config["model_type"] = "llama"
-    config["architectures"] = ["LlamaForCausalLM"]
+    mistral = ORIGINAL_LLAVA_MISTRAL in (hf_config.get("architectures") or [])
+    arch = "MistralForCausalLM" if mistral else "LlamaForCausalLM"
+    config["model_type"] = "mistral" if mistral else "llama"
+    config["architectures"] = [arch]
     return LanguageModelSpec(
-        architecture="LlamaForCausalLM",
+        architecture=arch,
         config=config,
         model_path=str(model_path),
         weight_prefixes=(("model.", "model."), ("lm_head.", "lm_head.")),

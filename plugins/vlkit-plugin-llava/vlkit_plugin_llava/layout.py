@@ -5,9 +5,9 @@ anyres packing):
 
 * ``llava`` — transformers' ``LlavaForConditionalGeneration`` (llava-hf/llava-1.5-*-hf);
 * ``llava-next`` — transformers' ``LlavaNextForConditionalGeneration`` (llava-hf/llava-v1.6-*-hf);
-* ``original`` — liuhaotian's ``LlavaLlamaForCausalLM`` (LLaVA-1.5 and 1.6 as released by
-  the LLaVA repository): LLaMA weights under ``model.*``, projector ``model.mm_projector.*``,
-  the vision tower named by ``mm_vision_tower``.
+* ``original`` — liuhaotian's ``LlavaLlamaForCausalLM`` and ``LlavaMistralForCausalLM`` (LLaVA-1.5
+  and 1.6 as released by the LLaVA repository): LLaMA / Mistral weights under ``model.*``,
+  projector ``model.mm_projector.*``, the vision tower named by ``mm_vision_tower``.
 
 Where the two worlds disagree the layout records it: grid pinpoints are (height, width) in
 transformers and (width, height) in the original (stored here as (height, width) always);
@@ -27,6 +27,7 @@ from typing import Any
 HF_LLAVA = "LlavaForConditionalGeneration"
 HF_LLAVA_NEXT = "LlavaNextForConditionalGeneration"
 ORIGINAL_LLAVA = "LlavaLlamaForCausalLM"
+ORIGINAL_LLAVA_MISTRAL = "LlavaMistralForCausalLM"  # liuhaotian/llava-v1.6-mistral-7b
 
 
 class LlavaConfigError(ValueError):
@@ -90,7 +91,7 @@ def layout_from_config(hf_config: dict[str, Any]) -> LlavaLayout:
         return _hf_layout(hf_config, next_=True)
     if HF_LLAVA in archs:
         return _hf_layout(hf_config, next_=False)
-    if ORIGINAL_LLAVA in archs or "mm_vision_tower" in hf_config:
+    if ORIGINAL_LLAVA in archs or ORIGINAL_LLAVA_MISTRAL in archs or "mm_vision_tower" in hf_config:
         return _original_layout(hf_config)
     raise LlavaConfigError(f"not a LLaVA checkpoint: architectures={archs}")
 

@@ -49,6 +49,22 @@ def llava_v1_prompt(messages: list[dict[str, Any]], system: str = LLAVA_V1_SYSTE
     return ret
 
 
+def mistral_instruct_prompt(messages: list[dict[str, Any]], system: str = "") -> str:
+    """LLaVA's ``conv_mistral_instruct.get_prompt()`` (``SeparatorStyle.LLAMA_2``, sep ``""``,
+    sep2 ``</s>``) after ``append_message(ASSISTANT, None)``; images as in :func:`llava_v1_prompt`."""
+    if messages and messages[0]["role"] == "system":
+        system = "".join(p["text"] for p in messages[0]["content"] if p["type"] == "text")
+        messages = messages[1:]
+    ret = ""
+    for i, m in enumerate(messages):
+        n_img = sum(1 for p in m["content"] if p["type"] == "image")
+        text = "<image>\n" * n_img + "".join(p["text"] for p in m["content"] if p["type"] == "text")
+        if i == 0 and system:
+            text = f"<<SYS>>\n{system}\n<</SYS>>\n\n" + text
+        ret += f"[INST] {text} [/INST]" if m["role"] == "user" else " " + text + " </s>"
+    return ret
+
+
 def tokenizer_image_token(prompt: str, tokenizer: Any, image_index: int = -200) -> list[int]:
     """LLaVA's ``mm_utils.tokenizer_image_token``: chunks tokenized alone, ``image_index`` between."""
     chunks = [tokenizer(c).input_ids for c in prompt.split("<image>")]
@@ -97,7 +113,9 @@ class OriginalLlavaReference:
         import torch
 
         images = [p["image"] for m in messages for p in m["content"] if p["type"] == "image"]
-        ids = tokenizer_image_token(llava_v1_prompt(messages), self.tokenizer)
+        mistral = "LlavaMistralForCausalLM" in (self.cfg.get("architectures") or [])
+        prompt = mistral_instruct_prompt(messages) if mistral else llava_v1_prompt(messages)
+        ids = tokenizer_image_token(prompt, self.tokenizer)
         kwargs: dict[str, Any] = {}
         if images:
             px = self.processor(images=images, return_tensors="pt")
