@@ -167,10 +167,11 @@ class ModelRunner:
         logit_rows: list[int] = []
         sample_seqs: list[Sequence] = []
         single_slots: list[int] = []
-        totals: list[int] = []
+        totals: list[int] | None = [] if self.rope_type == "longrope" else None
         for c in order:
             seq, n = c.seq, c.num_tokens
-            totals.extend([seq.num_tokens] * n)
+            if totals is not None:
+                totals.extend([seq.num_tokens] * n)
             start, flat = seq.num_computed_tokens, len(ids)
             end = start + n
             ids.extend(seq.token_ids[start:end])
@@ -223,7 +224,7 @@ class ModelRunner:
             embeddings=embeddings,
             zero_blocks=list(zero_blocks),
             decode_reuse=reuse,
-            seq_total_lens=torch.tensor(totals, dtype=torch.int64) if self.rope_type == "longrope" else None,
+            seq_total_lens=None if totals is None else torch.tensor(totals, dtype=torch.int64),
         )
         return inputs, sample_seqs
 
