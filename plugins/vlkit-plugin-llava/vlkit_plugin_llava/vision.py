@@ -150,7 +150,8 @@ class LlavaVisionModel(VisionModel):
             raise LlavaWeightError(f"vision weights of {self.model_path} do not fit: " + "; ".join(parts))
         dtype = self.dtype or torch.float32
         module.load_state_dict({k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}, assign=True)
-        self.model = module.eval()
+        module.requires_grad_(False)
+        self.model = module.eval().fuse()
         return self.model
 
     def _read_weights(self, expected: dict[str, tuple]) -> dict[str, Any]:

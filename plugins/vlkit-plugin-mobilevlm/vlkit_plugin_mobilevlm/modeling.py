@@ -2,9 +2,9 @@
 
 Parameter names follow the checkpoints, so tensors map by prefix only:
 
-* tower: transformers' CLIP names (``embeddings.*``, ``pre_layrnorm.*``,
-  ``encoder.layers.N.*``) — the checkpoint's ``model.vision_tower.vision_tower.vision_model.*``
-  or a standalone tower's ``vision_model.*``;
+* tower: the core's truncated CLIP (:mod:`vlkit.towers.clip`) under transformers' CLIP names
+  (``embeddings.*``, ``pre_layrnorm.*``, ``encoder.layers.N.*``) — the checkpoint's
+  ``model.vision_tower.vision_tower.vision_model.*`` or a standalone tower's ``vision_model.*``;
 * projector: the MobileVLM repository's module tree under ``model.mm_projector.``:
   ``ldpnet`` -> ``model.mlp.{1,3}``, ``model.mb_block.{1,2}.block.{0.0,0.1,1.fc1,1.fc2,2.0,2.1}``
   (index 0 of both Sequentials is an Identity); ``ldpnetv2`` -> ``mlp.mlp.{0,2}``,
@@ -31,132 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlkit.towers.clip import CLIPTower, resolve_layers
 from vlkit_plugin_mobilevlm.layout import LDPV2_GRID
-
-
-def _activation(name: str) -> Any:
-    from transformers.activations import ACT2FN
-
-    return ACT2FN[name]
-
-
-# -- CLIP tower ---------------------------------------------------------------------------
-
-
-class CLIPEmbeddings(nn.Module):
-    def __init__(self, hidden: int, image_size: int, patch_size: int, channels: int = 3) -> None:
-        super().__init__()
-        self.num_positions = (image_size // patch_size) ** 2 + 1
-        self.class_embedding = nn.Parameter(torch.empty(hidden))
-        self.patch_embedding = nn.Conv2d(channels, hidden, kernel_size=patch_size, stride=patch_size, bias=False)
-        self.position_embedding = nn.Embedding(self.num_positions, hidden)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        patches = self.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
-        if patches.shape[1] + 1 != self.num_positions:
-            raise ValueError(
-                f"pixel values of {tuple(pixel_values.shape[-2:])} give {patches.shape[1]} patches; the tower "
-                f"has position embeddings for {self.num_positions - 1}"
-            )
-        cls = self.class_embedding.expand(patches.shape[0], 1, -1)
-        return torch.cat([cls, patches], dim=1) + self.position_embedding.weight
-
-
-class CLIPAttention(nn.Module):
-    """Self-attention with transformers' parameter names; :meth:`fuse` packs q, k, v into one matmul."""
-
-    def __init__(self, hidden: int, heads: int) -> None:
-        super().__init__()
-        self.heads = heads
-        self.hidden = hidden
-        self.q_proj = nn.Linear(hidden, hidden)
-        self.k_proj = nn.Linear(hidden, hidden)
-        self.v_proj = nn.Linear(hidden, hidden)
-        self.out_proj = nn.Linear(hidden, hidden)
-        self.qkv: nn.Linear | None = None
-
-    def fuse(self) -> None:
-        """Replace ``q_proj``/``k_proj``/``v_proj`` by one ``[3*hidden, hidden]`` linear (after loading)."""
-        if self.qkv is not None:
-            return
-        w = torch.cat([self.q_proj.weight, self.k_proj.weight, self.v_proj.weight])
-        b = torch.cat([self.q_proj.bias, self.k_proj.bias, self.v_proj.bias])
-        qkv = nn.Linear(self.hidden, 3 * self.hidden, device=w.device, dtype=w.dtype)
-        qkv.weight, qkv.bias = nn.Parameter(w, requires_grad=False), nn.Parameter(b, requires_grad=False)
-        self.qkv = qkv
-        del self.q_proj, self.k_proj, self.v_proj
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        hd = d // self.heads
-        if self.qkv is not None:
-            q, k, v = self.qkv(x).view(b, n, 3, self.heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
-        else:
-            q, k, v = (p(x).view(b, n, self.heads, hd).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        out = F.scaled_dot_product_attention(q, k, v)
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-class CLIPMLP(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, act: str) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(hidden, intermediate)
-        self.act = _activation(act)
-        self.fc2 = nn.Linear(intermediate, hidden)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
-
-
-class CLIPEncoderLayer(nn.Module):
-    def __init__(self, hidden: int, intermediate: int, heads: int, act: str, eps: float) -> None:
-        super().__init__()
-        self.layer_norm1 = nn.LayerNorm(hidden, eps=eps)
-        self.self_attn = CLIPAttention(hidden, heads)
-        self.layer_norm2 = nn.LayerNorm(hidden, eps=eps)
-        self.mlp = CLIPMLP(hidden, intermediate, act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
-        return x + self.mlp(self.layer_norm2(x))
-
-
-class _Encoder(nn.Module):
-    def __init__(self, layers: list[nn.Module]) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-
-
-class CLIPTower(nn.Module):
-    """A CLIP ViT that stops after ``num_layers`` encoder layers and returns that hidden state
-    (transformers' ``hidden_states[num_layers]``; 0 is the pre-layernormed embeddings)."""
-
-    def __init__(self, config: dict[str, Any], num_layers: int) -> None:
-        super().__init__()
-        hidden = int(config["hidden_size"])
-        eps = float(config.get("layer_norm_eps", 1e-5))
-        self.embeddings = CLIPEmbeddings(
-            hidden, int(config["image_size"]), int(config["patch_size"]), int(config.get("num_channels", 3))
-        )
-        self.pre_layrnorm = nn.LayerNorm(hidden, eps=eps)
-        self.encoder = _Encoder([
-            CLIPEncoderLayer(
-                hidden, int(config["intermediate_size"]), int(config["num_attention_heads"]),
-                config.get("hidden_act", "quick_gelu"), eps,
-            )
-            for _ in range(num_layers)
-        ])
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = self.pre_layrnorm(self.embeddings(pixel_values))
-        for layer in self.encoder.layers:
-            x = layer(x)
-        return x
-
-    def fuse(self) -> None:
-        for layer in self.encoder.layers:
-            layer.self_attn.fuse()
-
 
 # -- projectors ---------------------------------------------------------------------------
 
@@ -305,10 +181,7 @@ class MobileVLMVision(nn.Module):
     def __init__(self, tower_config: dict[str, Any], select_layer: int, drop_cls: bool, projector: str,
                  lm_hidden: int) -> None:
         super().__init__()
-        total = int(tower_config["num_hidden_layers"])
-        layer = select_layer if select_layer >= 0 else total + 1 + select_layer
-        if not 0 <= layer <= total:
-            raise ValueError(f"mm_vision_select_layer {select_layer} out of range for a {total}-layer tower")
+        (layer,) = resolve_layers((select_layer,), int(tower_config["num_hidden_layers"]), "mm_vision_select_layer")
         self.drop_cls = drop_cls
         self.tower = CLIPTower(tower_config, layer)
         self.projector = build_projector(projector, int(tower_config["hidden_size"]), lm_hidden)

@@ -1,0 +1,50 @@
+"""The core's truncated CLIP tower (vlkit/towers/clip.py) against transformers' CLIPVisionModel."""
+
+import pytest
+import torch
+
+from vlkit.towers.clip import CLIPTower, resolve_layers
+
+
+@pytest.fixture(scope="module")
+def clip():
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
+                           image_size=28, patch_size=7, hidden_act="quick_gelu")
+    torch.manual_seed(0)
+    model = CLIPVisionModel(cfg).eval()
+    return cfg.to_dict(), model
+
+
+def _tower(cfg, model, num_layers):
+    tower = CLIPTower(cfg, num_layers).eval()
+    own = {k.removeprefix("vision_model."): v for k, v in model.state_dict().items()}
+    missing, _ = tower.load_state_dict(own, strict=False)
+    assert missing == []  # every parameter the truncated tower has comes from the full model
+    return tower
+
+
+def test_hidden_states_equal_transformers_and_later_layers_are_not_built(clip):
+    cfg, model = clip
+    px = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        ref = model(px, output_hidden_states=True).hidden_states
+        tower = _tower(cfg, model, 2)
+        assert len(tower.encoder.layers) == 2
+        for got, k in zip(tower.hidden_states(px, (2, 0, 1)), (2, 0, 1)):
+            torch.testing.assert_close(got, ref[k], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(tower(px), ref[2], atol=1e-5, rtol=1e-5)
+        fused = tower.fuse()  # one q/k/v matmul per layer: same values
+        assert fused.encoder.layers[0].self_attn.qkv is not None
+        torch.testing.assert_close(fused(px), ref[2], atol=1e-5, rtol=1e-5)
+
+
+def test_wrong_image_size_and_layers_are_named(clip):
+    cfg, model = clip
+    tower = _tower(cfg, model, 1)
+    with pytest.raises(ValueError, match="give 25 patches; the tower has position embeddings for 16"):
+        tower(torch.randn(1, 3, 35, 35))
+    assert resolve_layers((-2, 0), 3) == (2, 0)
+    with pytest.raises(ValueError, match="select layer \\(-5,\\) out of range for a 3-layer tower"):
+        resolve_layers((-5,), 3, "select layer")
