@@ -13,8 +13,9 @@ LongRoPE (Phi-3 128k, ``rope_type`` ``longrope``, or ``su`` as older configs say
 ``short_factor`` divisors while a sequence is at most ``original_max_position_embeddings`` long,
 ``long_factor`` ones beyond, and cos/sin scaled by ``attention_factor`` (by default
 ``sqrt(1 + ln(factor) / ln(original_max))`` with ``factor = max_position_embeddings /
-original_max``). As in transformers, the choice follows the length of the sequence at the
-step: a token computed while its sequence was short keeps its short-factor keys in the cache.
+original_max``). The choice follows the whole sequence's length (``seq_lens``), so a prefill
+in chunks uses one set of factors throughout; the engine recomputes a sequence that grows past
+``original_max`` while generating, as transformers' Phi-3 drops its cache at that point.
 """
 
 from __future__ import annotations
