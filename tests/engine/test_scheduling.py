@@ -46,6 +46,23 @@ def test_prefix_cache_reuses_shared_blocks(llama_path):
         assert cold.block_manager.prefix_hit_blocks == 0
 
 
+def test_requests_of_one_step_share_the_prefix_it_computes(llama_path):
+    # submitted together: the first computes the shared 3 blocks, the second reads them in the
+    # same step (each layer writes all keys/values before any chunk attends)
+    shared = prompts(1, seed=27, lo=48, hi=49)[0]
+    a = shared + [5, 6, 7, 8, 9]
+    b = shared + [10, 11, 12, 13, 14, 15, 16]
+    with _engine(llama_path, num_blocks=64, enable_prefix_caching=False) as cold:
+        want = [o.token_ids for o in cold.generate([a, b], GEN)]
+    with _engine(llama_path, num_blocks=64) as eng:
+        bm = eng.block_manager
+        outs = eng.generate([a, b], GEN)
+        assert [o.token_ids for o in outs] == want
+        assert outs[1].num_cached_tokens == 48 and bm.prefix_hit_blocks == 3
+        own = bm.blocks_for(len(a) + GEN.max_new_tokens - 1) + bm.blocks_for(len(b) + GEN.max_new_tokens - 1)
+        assert bm.num_allocated_blocks == own - 3
+
+
 def test_a_request_waiting_for_room_counts_its_prefix_hit_once(llama_path):
     # C shares A's 3 cached blocks but needs 3 more than are free while B decodes: it is matched
     # and given back at every step until B finishes, and must be counted once, when admitted

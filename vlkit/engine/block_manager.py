@@ -51,6 +51,7 @@ class BlockManager:
         self.prefix_hit_tokens = 0
         self.prefix_query_tokens = 0
         self.peak_used_blocks = 0  # high-water mark of num_used_blocks (reset_peak starts it again)
+        self._provisional: list[int] = []  # blocks keyed for the step being scheduled (register_scheduled)
 
     # -- counters ---------------------------------------------------------------------------
     @property
@@ -198,12 +199,20 @@ class BlockManager:
         self.prefix_hit_blocks += hit_tokens // self.block_size
         self.prefix_hit_tokens += hit_tokens
 
-    def register_computed(self, seq: Sequence) -> None:
-        """Key the full blocks of ``seq`` whose tokens are now computed."""
+    def register_scheduled(self, seq: Sequence, num_tokens: int) -> None:
+        """Key the full blocks of ``seq`` that hold its first ``num_tokens`` tokens once the step
+        being scheduled has run.
+
+        Called when a chunk is scheduled, so that a sequence admitted later in the same step
+        can share blocks this step computes (16 requests with one system prompt prefill it
+        once): every attention layer writes the whole step's keys/values before any chunk
+        reads the cache. Until :meth:`confirm_scheduled`, the keys are provisional;
+        :meth:`forget_scheduled` drops them if the step fails.
+        """
         if not self.enable_prefix_caching:
             return
         bs = self.block_size
-        full = min(seq.num_computed_tokens // bs, len(seq.block_table))
+        full = min(num_tokens // bs, len(seq.block_table))
         for idx in range(len(seq.block_hashes), full):
             prev = seq.block_hashes[-1] if seq.block_hashes else None
             key = self._key(seq, idx, prev)
@@ -213,3 +222,17 @@ class BlockManager:
                 block.key = key
                 block.token_ids = tuple(seq.token_ids[idx * bs : (idx + 1) * bs])
                 self._cached[key] = block.block_id
+                self._provisional.append(block.block_id)
+
+    def confirm_scheduled(self) -> None:
+        """The step ran: the blocks keyed while scheduling it now hold their values."""
+        self._provisional.clear()
+
+    def forget_scheduled(self) -> None:
+        """The step failed: unkey the blocks keyed while scheduling it (their values are not there)."""
+        for block_id in self._provisional:
+            block = self.blocks[block_id]
+            if block.key is not None and self._cached.get(block.key) == block_id:
+                del self._cached[block.key]
+            block.key, block.token_ids = None, ()
+        self._provisional.clear()

@@ -323,8 +323,12 @@ class LLMEngine:
                 outputs.append(self._output(seq, [], None))
             if not chunks:
                 return outputs
-            inputs, sample_seqs = self.runner.prepare(chunks, zero_blocks=self.block_manager.take_pending_zero())
-            logits = self.runner.execute(inputs)
+            try:
+                inputs, sample_seqs = self.runner.prepare(chunks, zero_blocks=self.block_manager.take_pending_zero())
+                logits = self.runner.execute(inputs)
+            except BaseException:
+                self.block_manager.forget_scheduled()  # blocks keyed for this step never got their values
+                raise
             self.scheduler.finish_step(chunks)
             if not sample_seqs:
                 return outputs

@@ -8,7 +8,8 @@ sequences:
    sequence is preempted: its blocks are freed and it goes back to the front of the waiting
    queue, to be recomputed later (preemption by recompute);
 2. if nothing was preempted, waiting sequences join, oldest first, each starting after the
-   blocks the prefix cache already holds for it.
+   blocks the prefix cache already holds for it, including blocks that a sequence scheduled
+   earlier in the same step is about to compute (a shared system prompt is prefilled once).
 
 Tokens of all scheduled sequences are packed into one flat batch by the runner; nothing is
 padded. A sequence that cannot grow even with the whole cache to itself finishes with
@@ -101,6 +102,7 @@ class Scheduler:
                     break
             else:
                 self.bm.append(seq, n)
+                self.bm.register_scheduled(seq, seq.num_computed_tokens + n)
                 chunks.append(ScheduledChunk(seq, n, seq.num_computed_tokens + n == seq.num_tokens))
                 budget -= n
                 i += 1
@@ -131,13 +133,14 @@ class Scheduler:
                 seq.num_cached_tokens = cached
             seq.admitted = True
             self.bm.append(seq, n)
+            self.bm.register_scheduled(seq, seq.num_computed_tokens + n)  # shareable by later admissions
             bisect.insort(self.running, seq, key=lambda s: s.arrival)
             chunks.append(ScheduledChunk(seq, n, seq.num_computed_tokens + n == seq.num_tokens))
             budget -= n
         return chunks, out_of_cache
 
     def finish_step(self, chunks: list[ScheduledChunk]) -> None:
-        """Mark the chunks' tokens computed and key their full blocks for the prefix cache."""
+        """Mark the chunks' tokens computed (their full blocks were keyed when scheduled)."""
         for c in chunks:
             c.seq.num_computed_tokens += c.num_tokens
-            self.bm.register_computed(c.seq)
+        self.bm.confirm_scheduled()
