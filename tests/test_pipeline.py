@@ -199,3 +199,28 @@ def test_demo_main_job(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "RANDOM WEIGHTS" in r.stdout
     assert "finish_reason=length" in r.stdout and "demo.png" in r.stdout
+
+
+def test_the_same_image_bytes_again_are_not_decoded_or_preprocessed(pipe):
+    from vlkit.messages import ImageRef
+
+    png = image_bytes(make_image(70, 40, seed=77), "PNG")
+    uri = "data:image/png;base64," + __import__("base64").b64encode(png).decode()
+    msgs = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": uri}}, {"type": "text", "text": "hi"}]}]
+    first = pipe(msgs, gen_config=GEN)
+    enc = pipe.image_encoder
+    before = dict(enc.stats)
+    again = pipe(msgs, gen_config=GEN)  # a chat client resending its history
+    assert again.token_ids == first.token_ids
+    assert enc.stats["preprocessed"] == before["preprocessed"]
+    assert enc.stats["source_hits"] == before["source_hits"] + 1
+    assert enc.stats["forward_calls"] == before["forward_calls"]
+    # should the embeddings leave the cache between preprocessing and encoding, the item is
+    # preprocessed then, from the bytes it carries, and encodes to the same embeddings
+    (light,) = pipe._loop.call(enc.preprocess, [ImageRef(png)])
+    assert light.source is not None and not light.data
+    want = pipe._loop.call(enc.encode, [light])[0]
+    pipe._loop.call(enc._cache.clear)
+    got = pipe._loop.call(enc.encode, [light])[0]
+    assert torch.equal(got, want)
+    assert enc.stats["preprocessed"] == before["preprocessed"] + 1

@@ -3,6 +3,12 @@
 Encoded features are cached by image content hash plus per-image options (LRU), so the same
 image in a second chat turn or another request is not encoded again. Cache misses are encoded
 in batches of up to ``VisionConfig.max_batch_size``.
+
+The same image *bytes* again (a chat client resends its history, base64 images included, every
+turn) are not even decoded: a second, small LRU maps a hash of the source bytes plus options to
+what preprocessing said about them (token count, template facts, content hash). Such an item
+carries no pixels, only its ``source``; should its embeddings have left the cache by the time
+it is encoded, it is preprocessed then.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vlkit.config import VisionConfig
-from vlkit.media import ImageLoadError, image_hash, load_image
+from vlkit.media import ImageLoadError, decode_image_bytes, image_hash, load_image, read_image_bytes
 from vlkit.messages import ImageRef
 from vlkit.vision import ImageItem, VisionModel
 
@@ -31,25 +37,71 @@ class ImageEncoder:
         self.vision = vision
         self.config = config
         self._cache: OrderedDict[str, Any] = OrderedDict()
+        # hash of source bytes + options -> (content hash, num_tokens, meta) of a preprocessed image
+        self._by_source: OrderedDict[str, tuple[str, int, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
-        self.stats = {"encoded": 0, "cache_hits": 0, "forward_calls": 0}
+        self.stats = {"encoded": 0, "cache_hits": 0, "forward_calls": 0, "preprocessed": 0, "source_hits": 0}
 
     def load(self, ref: ImageRef) -> Any:
         return load_image(ref.source, max_pixels=self.config.max_image_pixels, timeout=self.config.url_timeout)
 
     def preprocess(self, refs: list[ImageRef]) -> list[ImageItem]:
-        """Decode and preprocess; raises :class:`vlkit.media.ImageLoadError` naming the bad image."""
-        images = []
+        """Decode and preprocess; raises :class:`vlkit.media.ImageLoadError` naming the bad image.
+
+        Images whose bytes (and options) were preprocessed before and whose embeddings are in
+        the cache come back without pixels, their ``source`` set (see the module docstring).
+        """
+        from PIL import Image
+
+        out: list[ImageItem | None] = [None] * len(refs)
+        todo: list[tuple[int, Any, str | None]] = []  # (index, decoded image, source key)
         for i, ref in enumerate(refs):
+            opts = json.dumps(ref.options, sort_keys=True, default=str)
             try:
-                images.append(self.load(ref))
+                if isinstance(ref.source, Image.Image) or not self.config.feature_cache_size:
+                    todo.append((i, self.load(ref), None))
+                    continue
+                raw = read_image_bytes(ref.source, self.config.url_timeout)
+                key = hashlib.blake2b(raw + b"|" + opts.encode(), digest_size=16).hexdigest()
+                known = self._known(key)
+                if known is not None:
+                    content, num_tokens, meta = known
+                    out[i] = ImageItem(num_tokens, {}, dict(ref.options), content, dict(meta), source=raw)
+                    self.stats["source_hits"] += 1
+                    continue
+                todo.append((i, decode_image_bytes(raw, ref.source, max_pixels=self.config.max_image_pixels), key))
             except ImageLoadError as exc:
                 raise ImageLoadError(f"image {i}: {exc}") from exc
-        items = self.vision.preprocess(images, [dict(r.options) for r in refs])
-        for img, ref, item in zip(images, refs, items):
-            opts = json.dumps(ref.options, sort_keys=True, default=str)
-            item.hash = hashlib.blake2b(f"{image_hash(img)}|{opts}".encode(), digest_size=16).hexdigest()
-        return items
+        if todo:
+            items = self.vision.preprocess([img for _, img, _ in todo], [dict(refs[i].options) for i, _, _ in todo])
+            self.stats["preprocessed"] += len(items)
+            for (i, img, key), item in zip(todo, items):
+                opts = json.dumps(refs[i].options, sort_keys=True, default=str)
+                item.hash = hashlib.blake2b(f"{image_hash(img)}|{opts}".encode(), digest_size=16).hexdigest()
+                out[i] = item
+                if key is not None:
+                    with self._lock:
+                        self._by_source[key] = (item.hash, item.num_tokens, dict(item.meta))
+                        while len(self._by_source) > self.config.feature_cache_size:
+                            self._by_source.popitem(last=False)
+        return [it for it in out if it is not None]
+
+    def _known(self, key: str) -> tuple[str, int, dict[str, Any]] | None:
+        """What preprocessing said about these source bytes, while their embeddings are cached."""
+        with self._lock:
+            known = self._by_source.get(key)
+            if known is None or known[0] not in self._cache:
+                return None
+            self._by_source.move_to_end(key)
+            return known
+
+    def _reprocess(self, item: ImageItem) -> ImageItem:
+        """An item that came from the source cache, whose embeddings have since left the cache."""
+        img = decode_image_bytes(item.source, max_pixels=self.config.max_image_pixels)
+        (full,) = self.vision.preprocess([img], [dict(item.options)])
+        self.stats["preprocessed"] += 1
+        full.hash = item.hash
+        return full
 
     def encode(self, items: list[ImageItem]) -> list[Any]:
         """Embeddings for items, from the cache where possible, the rest in batches."""
@@ -64,6 +116,10 @@ class ImageEncoder:
                     self.stats["cache_hits"] += 1
                 else:
                     todo.append(i)
+        items = list(items)
+        for i in todo:
+            if items[i].source is not None and not items[i].data:  # its embeddings left the cache
+                items[i] = self._reprocess(items[i])
         # the same image twice in one call is encoded once
         first: dict[str, int] = {}
         unique = []
@@ -98,3 +154,4 @@ class ImageEncoder:
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._by_source.clear()

@@ -90,32 +90,44 @@ def load_image(
     :param timeout: seconds to wait for an http(s) URL.
     :raises ImageLoadError: naming the source and the reason.
     """
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if isinstance(source, Image.Image):
-        img = source
-    else:
-        data = read_image_bytes(source, timeout)
-        try:
-            img = Image.open(io.BytesIO(data))  # reads the header only
-        except Image.DecompressionBombError as exc:
-            raise ImageLoadError(
-                f"image {_describe_source(source)} is over the pixel limit (VisionConfig.max_image_pixels): {exc}"
-            ) from exc
-        except Exception as exc:
-            raise ImageLoadError(
-                f"cannot decode image {_describe_source(source)}: {type(exc).__name__}: {exc}"
-            ) from exc
-        _check_pixels(img, max_pixels, source)  # before any pixel is decoded
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                img.load()
-        except Exception as exc:
-            raise ImageLoadError(
-                f"cannot decode image {_describe_source(source)}: {type(exc).__name__}: {exc}"
-            ) from exc
-    _check_pixels(img, max_pixels, source)
+        _check_pixels(source, max_pixels, source)
+        return _upright_rgb(source)
+    return decode_image_bytes(read_image_bytes(source, timeout), source, max_pixels=max_pixels)
+
+
+def decode_image_bytes(data: bytes, source: Any = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+    """:func:`load_image` for bytes already read from ``source`` (named in errors)."""
+    from PIL import Image
+
+    source = data if source is None else source
+    try:
+        img = Image.open(io.BytesIO(data))  # reads the header only
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(
+            f"image {_describe_source(source)} is over the pixel limit (VisionConfig.max_image_pixels): {exc}"
+        ) from exc
+    except Exception as exc:
+        raise ImageLoadError(
+            f"cannot decode image {_describe_source(source)}: {type(exc).__name__}: {exc}"
+        ) from exc
+    _check_pixels(img, max_pixels, source)  # before any pixel is decoded
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+    except Exception as exc:
+        raise ImageLoadError(
+            f"cannot decode image {_describe_source(source)}: {type(exc).__name__}: {exc}"
+        ) from exc
+    return _upright_rgb(img)
+
+
+def _upright_rgb(img: Any) -> Any:
+    from PIL import ImageOps
+
     try:
         img = ImageOps.exif_transpose(img)
     except Exception:  # noqa: BLE001 - a broken EXIF block must not lose the image

@@ -29,6 +29,9 @@ class ImageItem:
         options: the per-image options the user gave (``max_pixels``...).
         hash: content hash of the decoded image plus options (cache key; set by the core).
         meta: facts the chat template wrapper may need (e.g. Qwen2-VL's grid, tile counts).
+        source: set by the core (never by a plugin) on an item it did not preprocess because
+            the same image bytes were seen before and their embeddings are cached; ``data`` is
+            then empty, and ``source`` is what to preprocess should the cache have let them go.
     """
 
     num_tokens: int
@@ -36,6 +39,7 @@ class ImageItem:
     options: dict[str, Any] = field(default_factory=dict)
     hash: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    source: Any = None
 
 
 class VisionModel(ABC):
