@@ -79,3 +79,26 @@ def test_find_family_reads_config_and_reports_unknown(tmp_path, monkeypatch):
 def test_missing_config_names_the_directory(tmp_path):
     with pytest.raises(FileNotFoundError, match="no config.json"):
         find_family(tmp_path)
+
+
+def test_template_file_and_lazy_factory_helpers(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from vlkit.registry import lazy_factory, template_file
+
+    assert Path(template_file("vlkit", "chatml")).read_text().strip()
+    assert "vlkit_testing_lazy_target" not in sys.modules
+    (tmp_path / "vlkit_testing_lazy_target.py").write_text(
+        "def write(directory, **options):\n    return ('wrote', directory, options)\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        factory = lazy_factory("vlkit_testing_lazy_target:write")
+        assert "vlkit_testing_lazy_target" not in sys.modules  # nothing imported until called
+        assert factory.__name__ == "write"
+        assert factory("d", size="w1") == ("wrote", "d", {"size": "w1"})
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("vlkit_testing_lazy_target", None)
+    with pytest.raises(ValueError, match="module:function"):
+        lazy_factory("no_colon_here")

@@ -12,6 +12,7 @@ family name that sorts first; a :class:`VlkitPluginConflictWarning` names both.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import threading
@@ -19,6 +20,7 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from importlib import resources
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,27 @@ class ModelFamily:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "architectures", tuple(self.architectures))
+
+
+def template_file(package: str, name: str) -> str:
+    """Path of ``templates/NAME.jinja`` inside the installed ``package`` (a plugin's, or
+    ``"vlkit"`` for the core's): the value for :attr:`ModelFamily.chat_templates`."""
+    return str(resources.files(package).joinpath("templates", f"{name}.jinja"))
+
+
+def lazy_factory(target: str) -> Callable[..., Path]:
+    """A :attr:`ModelFamily.tiny_checkpoint` that imports ``"module:function"`` only when
+    called, so that a plugin's hooks module stays free of torch and transformers imports."""
+    module, _, attr = target.partition(":")
+    if not module or not attr:
+        raise ValueError(f"lazy_factory wants 'module:function', got {target!r}")
+
+    def tiny_checkpoint(directory: str | os.PathLike[str], **options: Any) -> Path:
+        return getattr(importlib.import_module(module), attr)(directory, **options)
+
+    tiny_checkpoint.__name__ = tiny_checkpoint.__qualname__ = attr
+    tiny_checkpoint.__doc__ = f"Write a tiny random-weight checkpoint ({module}.{attr})."
+    return tiny_checkpoint
 
 
 @dataclass(frozen=True)

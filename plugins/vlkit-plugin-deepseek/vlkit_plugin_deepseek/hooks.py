@@ -11,57 +11,42 @@ This module imports no torch and no transformers: model code loads inside the ho
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from vlkit.hookspecs import hookimpl
-from vlkit.registry import ModelFamily
+from vlkit.registry import ModelFamily, lazy_factory, template_file
 
+_PKG = "vlkit_plugin_deepseek"
 FAMILY_HF = "deepseek-vl"
 FAMILY_HYBRID = "deepseek-vl-hybrid"
 FAMILY_ORIGINAL = "deepseek-vl-original"
 _FAMILIES = (FAMILY_HF, FAMILY_HYBRID, FAMILY_ORIGINAL)
 
 
-def _template(name: str) -> str:
-    return str(resources.files("vlkit_plugin_deepseek").joinpath("templates", f"{name}.jinja"))
-
-
-def _factory(name: str) -> Any:
-    def tiny_checkpoint(directory: str | Path, **options: Any) -> Path:
-        from vlkit_plugin_deepseek import checkpoints
-
-        return getattr(checkpoints, name)(directory, **options)
-
-    tiny_checkpoint.__name__ = name
-    tiny_checkpoint.__doc__ = f"Write a tiny random-weight checkpoint (vlkit_plugin_deepseek.checkpoints.{name})."
-    return tiny_checkpoint
-
-
 @hookimpl
 def vlkit_register_families() -> list[ModelFamily]:
-    templates = {"deepseek-vl": _template("deepseek-vl")}
+    templates = {"deepseek-vl": template_file(_PKG, "deepseek-vl")}
     return [
         ModelFamily(
             name=FAMILY_HF,
             architectures=("DeepseekVLForConditionalGeneration",),
             chat_templates=dict(templates),
-            tiny_checkpoint=_factory("tiny_deepseek_vl"),
+            tiny_checkpoint=lazy_factory("vlkit_plugin_deepseek.checkpoints:tiny_deepseek_vl"),
             description="DeepSeek-VL 1.3b in transformers' format (deepseek-community/deepseek-vl-1.3b-chat)",
         ),
         ModelFamily(
             name=FAMILY_HYBRID,
             architectures=("DeepseekVLHybridForConditionalGeneration",),
             chat_templates=dict(templates),
-            tiny_checkpoint=_factory("tiny_deepseek_vl_hybrid"),
+            tiny_checkpoint=lazy_factory("vlkit_plugin_deepseek.checkpoints:tiny_deepseek_vl_hybrid"),
             description="DeepSeek-VL 7b (SAM-B + SigLIP) in transformers' format (deepseek-community/deepseek-vl-7b-chat)",
         ),
         ModelFamily(
             name=FAMILY_ORIGINAL,
             architectures=("MultiModalityCausalLM",),
             chat_templates=dict(templates),
-            tiny_checkpoint=_factory("tiny_deepseek_vl_original"),
+            tiny_checkpoint=lazy_factory("vlkit_plugin_deepseek.checkpoints:tiny_deepseek_vl_original"),
             description="DeepSeek-VL 1.3b / 7b in the original layout (deepseek-ai/deepseek-vl-7b-chat)",
         ),
     ]

@@ -13,33 +13,18 @@ This module imports no torch and no transformers: model code loads inside the ho
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from vlkit.hookspecs import hookimpl
-from vlkit.registry import ModelFamily
+from vlkit.registry import ModelFamily, lazy_factory, template_file
 from vlkit_plugin_internvl.layout import HF, ORIGINAL
 
+_PKG = "vlkit_plugin_internvl"
 FAMILY_ORIGINAL = "internvl"
 FAMILY_HF = "internvl-hf"
 _FAMILIES = (FAMILY_ORIGINAL, FAMILY_HF)
 _ORIGINAL_TEMPLATES = ("internvl2_5", "internlm2-chat", "Hermes-2", "phi3-chat")
-
-
-def _template(name: str) -> str:
-    return str(resources.files("vlkit_plugin_internvl").joinpath("templates", f"{name}.jinja"))
-
-
-def _factory(name: str) -> Any:
-    def tiny_checkpoint(directory: str | Path, **options: Any) -> Path:
-        from vlkit_plugin_internvl import checkpoints
-
-        return getattr(checkpoints, name)(directory, **options)
-
-    tiny_checkpoint.__name__ = name
-    tiny_checkpoint.__doc__ = f"Write a tiny random-weight checkpoint (vlkit_plugin_internvl.checkpoints.{name})."
-    return tiny_checkpoint
 
 
 @hookimpl
@@ -48,16 +33,16 @@ def vlkit_register_families() -> list[ModelFamily]:
         ModelFamily(
             name=FAMILY_ORIGINAL,
             architectures=(ORIGINAL,),
-            chat_templates={name: _template(name) for name in _ORIGINAL_TEMPLATES},
-            tiny_checkpoint=_factory("tiny_internvl_original"),
+            chat_templates={name: template_file(_PKG, name) for name in _ORIGINAL_TEMPLATES},
+            tiny_checkpoint=lazy_factory("vlkit_plugin_internvl.checkpoints:tiny_internvl_original"),
             description="InternVL2 / InternVL2.5 in the original layout (OpenGVLab/InternVL2-8B)",
         ),
         ModelFamily(
             name=FAMILY_HF,
             architectures=(HF,),
-            chat_templates={"internvl-hf": _template("internvl-hf"),
-                            **{name: _template(name) for name in _ORIGINAL_TEMPLATES}},
-            tiny_checkpoint=_factory("tiny_internvl_hf"),
+            chat_templates={"internvl-hf": template_file(_PKG, "internvl-hf"),
+                            **{name: template_file(_PKG, name) for name in _ORIGINAL_TEMPLATES}},
+            tiny_checkpoint=lazy_factory("vlkit_plugin_internvl.checkpoints:tiny_internvl_hf"),
             description="InternVL in transformers' format (OpenGVLab/InternVL3-1B-hf)",
         ),
     ]

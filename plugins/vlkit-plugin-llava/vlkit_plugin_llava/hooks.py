@@ -12,37 +12,18 @@ This module imports no torch and no transformers: model code loads inside the ho
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from vlkit.hookspecs import hookimpl
-from vlkit.registry import ModelFamily
+from vlkit.registry import ModelFamily, lazy_factory, template_file
 from vlkit_plugin_llava.layout import HF_LLAVA, HF_LLAVA_NEXT, ORIGINAL_LLAVA, ORIGINAL_LLAVA_MISTRAL
 
+_PKG = "vlkit_plugin_llava"
 FAMILY_LLAVA = "llava"
 FAMILY_NEXT = "llava-next"
 FAMILY_ORIGINAL = "llava-original"
 _FAMILIES = (FAMILY_LLAVA, FAMILY_NEXT, FAMILY_ORIGINAL)
-
-
-def _template(name: str) -> str:
-    return str(resources.files("vlkit_plugin_llava").joinpath("templates", f"{name}.jinja"))
-
-
-def _core_template(name: str) -> str:
-    return str(resources.files("vlkit").joinpath("templates", f"{name}.jinja"))
-
-
-def _factory(name: str) -> Any:
-    def tiny_checkpoint(directory: str | Path, **options: Any) -> Path:
-        from vlkit_plugin_llava import checkpoints
-
-        return getattr(checkpoints, name)(directory, **options)
-
-    tiny_checkpoint.__name__ = name
-    tiny_checkpoint.__doc__ = f"Write a tiny random-weight checkpoint (vlkit_plugin_llava.checkpoints.{name})."
-    return tiny_checkpoint
 
 
 @hookimpl
@@ -51,26 +32,26 @@ def vlkit_register_families() -> list[ModelFamily]:
         ModelFamily(
             name=FAMILY_LLAVA,
             architectures=(HF_LLAVA,),
-            chat_templates={"llava-hf": _template("llava-hf"), "llava-v1": _core_template("llava-v1")},
-            tiny_checkpoint=_factory("tiny_llava"),
+            chat_templates={"llava-hf": template_file(_PKG, "llava-hf"), "llava-v1": template_file("vlkit", "llava-v1")},
+            tiny_checkpoint=lazy_factory("vlkit_plugin_llava.checkpoints:tiny_llava"),
             description="LLaVA-1.5 in transformers' format (llava-hf/llava-1.5-7b-hf)",
         ),
         ModelFamily(
             name=FAMILY_NEXT,
             architectures=(HF_LLAVA_NEXT,),
             chat_templates={
-                "llava-next-vicuna-hf": _template("llava-next-vicuna-hf"),
-                "llava-v1": _core_template("llava-v1"),
+                "llava-next-vicuna-hf": template_file(_PKG, "llava-next-vicuna-hf"),
+                "llava-v1": template_file("vlkit", "llava-v1"),
             },
-            tiny_checkpoint=_factory("tiny_llava_next"),
+            tiny_checkpoint=lazy_factory("vlkit_plugin_llava.checkpoints:tiny_llava_next"),
             description="LLaVA-NeXT / 1.6 in transformers' format, anyres tiling (llava-hf/llava-v1.6-vicuna-7b-hf)",
         ),
         ModelFamily(
             name=FAMILY_ORIGINAL,
             architectures=(ORIGINAL_LLAVA, ORIGINAL_LLAVA_MISTRAL),
-            chat_templates={"llava-v1": _core_template("llava-v1"), "vicuna-v1": _core_template("vicuna-v1"),
-                            "llava-mistral-instruct": _template("llava-mistral-instruct")},
-            tiny_checkpoint=_factory("tiny_llava_original"),
+            chat_templates={"llava-v1": template_file("vlkit", "llava-v1"), "vicuna-v1": template_file("vlkit", "vicuna-v1"),
+                            "llava-mistral-instruct": template_file(_PKG, "llava-mistral-instruct")},
+            tiny_checkpoint=lazy_factory("vlkit_plugin_llava.checkpoints:tiny_llava_original"),
             description="LLaVA-1.5 / 1.6 in the original repository's layout (liuhaotian/llava-v1.5-7b, "
                         "llava-v1.6-mistral-7b)",
         ),

@@ -9,26 +9,14 @@ This module imports no torch and no transformers: model code loads inside the ho
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from vlkit.hookspecs import hookimpl
-from vlkit.registry import ModelFamily
+from vlkit.registry import ModelFamily, lazy_factory, template_file
 from vlkit_plugin_mobilevlm.layout import ARCHITECTURE
 
 FAMILY = "mobilevlm"
-
-
-def _core_template(name: str) -> str:
-    return str(resources.files("vlkit").joinpath("templates", f"{name}.jinja"))
-
-
-def tiny_checkpoint(directory: str | Path, **options: Any) -> Path:
-    """Write a tiny random-weight MobileVLM checkpoint (:func:`vlkit_plugin_mobilevlm.checkpoints.tiny_mobilevlm`)."""
-    from vlkit_plugin_mobilevlm.checkpoints import tiny_mobilevlm
-
-    return tiny_mobilevlm(directory, **options)
 
 
 @hookimpl
@@ -37,8 +25,8 @@ def vlkit_register_families() -> list[ModelFamily]:
         ModelFamily(
             name=FAMILY,
             architectures=(ARCHITECTURE,),
-            chat_templates={"vicuna-v1": _core_template("vicuna-v1")},
-            tiny_checkpoint=tiny_checkpoint,
+            chat_templates={"vicuna-v1": template_file("vlkit", "vicuna-v1")},
+            tiny_checkpoint=lazy_factory("vlkit_plugin_mobilevlm.checkpoints:tiny_mobilevlm"),
             description="MobileVLM / MobileVLM V2: CLIP + LDP / LDPv2 projector + MobileLLaMA (mtgv/MobileVLM_V2-1.7B)",
         )
     ]

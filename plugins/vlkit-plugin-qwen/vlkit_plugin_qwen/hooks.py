@@ -15,13 +15,13 @@ This module imports no torch and no transformers: model code loads inside the ho
 
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from vlkit.hookspecs import hookimpl
-from vlkit.registry import ModelFamily
+from vlkit.registry import ModelFamily, lazy_factory, template_file
 
+_PKG = "vlkit_plugin_qwen"
 FAMILY_QWEN2_VL = "qwen2-vl"
 FAMILY_QWEN2_5_VL = "qwen2.5-vl"
 FAMILY_QWEN_VL = "qwen-vl"
@@ -33,43 +33,28 @@ ARCH_QWEN_VL = "QWenLMHeadModel"
 DEFAULT_MROPE_SECTION = [16, 24, 24]
 
 
-def _template(name: str) -> str:
-    return str(resources.files("vlkit_plugin_qwen").joinpath("templates", f"{name}.jinja"))
-
-
-def _factory(name: str) -> Any:
-    def tiny_checkpoint(directory: str | Path, **options: Any) -> Path:
-        from vlkit_plugin_qwen import checkpoints
-
-        return getattr(checkpoints, name)(directory, **options)
-
-    tiny_checkpoint.__name__ = name
-    tiny_checkpoint.__doc__ = f"Write a tiny random-weight checkpoint (vlkit_plugin_qwen.checkpoints.{name})."
-    return tiny_checkpoint
-
-
 @hookimpl
 def vlkit_register_families() -> list[ModelFamily]:
     return [
         ModelFamily(
             name=FAMILY_QWEN2_VL,
             architectures=(ARCH_QWEN2_VL,),
-            chat_templates={"qwen2-vl": _template("qwen2-vl")},
-            tiny_checkpoint=_factory("tiny_qwen2_vl"),
+            chat_templates={"qwen2-vl": template_file(_PKG, "qwen2-vl")},
+            tiny_checkpoint=lazy_factory("vlkit_plugin_qwen.checkpoints:tiny_qwen2_vl"),
             description="Qwen2-VL (Qwen/Qwen2-VL-7B-Instruct): dynamic resolution, M-RoPE",
         ),
         ModelFamily(
             name=FAMILY_QWEN2_5_VL,
             architectures=(ARCH_QWEN2_5_VL,),
-            chat_templates={"qwen2-vl": _template("qwen2-vl")},
-            tiny_checkpoint=_factory("tiny_qwen2_5_vl"),
+            chat_templates={"qwen2-vl": template_file(_PKG, "qwen2-vl")},
+            tiny_checkpoint=lazy_factory("vlkit_plugin_qwen.checkpoints:tiny_qwen2_5_vl"),
             description="Qwen2.5-VL (Qwen/Qwen2.5-VL-7B-Instruct): window attention, SwiGLU vision tower, M-RoPE",
         ),
         ModelFamily(
             name=FAMILY_QWEN_VL,
             architectures=(ARCH_QWEN_VL,),
-            chat_templates={"qwen-vl-chat": _template("qwen-vl-chat")},
-            tiny_checkpoint=_factory("tiny_qwen_vl_chat"),
+            chat_templates={"qwen-vl-chat": template_file(_PKG, "qwen-vl-chat")},
+            tiny_checkpoint=lazy_factory("vlkit_plugin_qwen.checkpoints:tiny_qwen_vl_chat"),
             description="Qwen-VL-Chat (Qwen/Qwen-VL-Chat): 448 px ViT + 256-query resampler, tiktoken, ChatML",
         ),
     ]
