@@ -267,5 +267,7 @@ def test_api_keys_limits(pipe):
 def test_metrics_exposition(server):
     text = httpx.get(f"{server.url}/metrics").text
     for name in ("vlkit_requests_total", "vlkit_generation_tokens_total", "vlkit_queue_depth",
-                 "vlkit_kv_cache_free_blocks", "vlkit_kv_cache_usage_ratio"):
+                 "vlkit_kv_cache_free_blocks", "vlkit_kv_cache_usage_ratio", "vlkit_kv_cache_peak_used_blocks"):
         assert f"# TYPE {name}" in text
+    for name in ("vlkit_prefix_cache_hit_tokens_total", "vlkit_preemptions_total"):
+        assert f"# TYPE {name} counter" in text  # Prometheus: a _total is a counter

@@ -270,7 +270,9 @@ def _engine_stats(pipe: Any) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for src, dst in (("num_waiting", "vlkit_queue_depth"), ("num_running", "vlkit_engine_running"),
                      ("num_free_blocks", "vlkit_kv_cache_free_blocks"), ("num_total_blocks", "vlkit_kv_cache_total_blocks"),
-                     ("prefix_hit_tokens", "vlkit_prefix_cache_hit_tokens_total")):
+                     ("prefix_hit_tokens", "vlkit_prefix_cache_hit_tokens_total"),
+                     ("peak_used_blocks", "vlkit_kv_cache_peak_used_blocks"),
+                     ("num_preemptions", "vlkit_preemptions_total")):
         if src in stats:
             out[dst] = stats[src]
     if out.get("vlkit_kv_cache_total_blocks"):

@@ -42,10 +42,14 @@ class Metrics:
             "vlkit_kv_cache_free_blocks": "Free KV-cache blocks.",
             "vlkit_kv_cache_total_blocks": "KV-cache blocks in all.",
             "vlkit_kv_cache_usage_ratio": "Fraction of KV-cache blocks in use.",
+            "vlkit_kv_cache_peak_used_blocks": "Most KV-cache blocks in use at once since the start.",
             "vlkit_prefix_cache_hit_tokens_total": "Prompt tokens served from the prefix cache.",
+            "vlkit_preemptions_total": "Sequences preempted (freed, to be recomputed) for lack of KV cache.",
         }
         for key, doc in docs.items():
-            if key in engine_stats:
+            if key in engine_stats and key.endswith("_total"):
+                lines += [f"# HELP {key} {doc}", f"# TYPE {key} counter", f"{key} {engine_stats[key]}"]
+            elif key in engine_stats:
                 gauges[key] = (doc, engine_stats[key])
         for name, (doc, value) in gauges.items():
             lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value}"]
