@@ -48,3 +48,30 @@ def test_wrong_image_size_and_layers_are_named(clip):
     assert resolve_layers((-2, 0), 3) == (2, 0)
     with pytest.raises(ValueError, match="select layer \\(-5,\\) out of range for a 3-layer tower"):
         resolve_layers((-5,), 3, "select layer")
+
+
+def test_vision_model_load_weights_checks_names_and_shapes(tmp_path):
+    from accelerate import init_empty_weights
+
+    from vlkit.vision import VisionModel
+
+    class Tiny(VisionModel):
+        build_preprocessor = build_model = preprocess = forward = None
+
+    class Bad(ValueError):
+        pass
+
+    vm = Tiny(None, {}, tmp_path, None).to("cpu", torch.float32)
+    cfg = {"hidden_size": 16, "intermediate_size": 32, "num_attention_heads": 2, "image_size": 14, "patch_size": 7}
+    full = CLIPTower(cfg, 1).state_dict()
+    with init_empty_weights():
+        module = CLIPTower(cfg, 1)
+    tensors = dict(full)
+    del tensors["pre_layrnorm.bias"]
+    tensors["embeddings.class_embedding"] = torch.zeros(17)
+    with pytest.raises(Bad, match=r"tower weights of .* do not fit: missing 1 tensor\(s\): T/pre_layrnorm.bias; "
+                                  r"wrong shape: T/embeddings.class_embedding expected \(16,\), got \(17,\)"):
+        vm.load_weights(module, tensors, error=Bad, name_of=lambda k: "T/" + k, what="tower weights")
+    loaded = vm.load_weights(module, dict(full))
+    assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
+    assert torch.equal(loaded.state_dict()["pre_layrnorm.weight"], full["pre_layrnorm.weight"])

@@ -113,5 +113,45 @@ class VisionModel(ABC):
         (e.g. Qwen2-VL: "lower max_pixels"), or ``None`` to let the engine's generic check apply."""
         return None
 
+    def load_weights(
+        self,
+        module: Any,
+        tensors: dict[str, Any],
+        *,
+        error: type[Exception] = ValueError,
+        name_of: Any = None,
+        what: str = "vision weights",
+        limit: int = 5,
+    ) -> Any:
+        """Load ``tensors`` into ``module`` (built under ``accelerate.init_empty_weights()``) on
+        :attr:`device` / :attr:`dtype`, after checking that every parameter and buffer of the
+        module has a tensor of its shape; returns the module in eval mode, without gradients.
+
+        :param error: the exception class to raise; its message names the first ``limit``
+            missing tensors and the first misshaped ones with expected and actual shapes.
+        :param name_of: maps a module key to the name a user would find in the checkpoint.
+        :param what: how the message calls these tensors.
+        """
+        import torch
+
+        name = name_of or (lambda k: k)
+        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+        missing = [k for k in expected if k not in tensors]
+        wrong = [(k, s, tuple(tensors[k].shape)) for k, s in expected.items()
+                 if k in tensors and tuple(tensors[k].shape) != s]
+        if missing or wrong:
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} tensor(s): {', '.join(name(k) for k in missing[:limit])}")
+            if wrong:
+                parts.append("wrong shape: " + "; ".join(
+                    f"{name(k)} expected {s}, got {g}" for k, s, g in wrong[:limit]))
+            raise error(f"{what} of {self.model_path} do not fit: " + "; ".join(parts))
+        dtype = self.dtype or torch.float32
+        module.load_state_dict({k: tensors[k].to(device=self.device, dtype=dtype if tensors[k].is_floating_point() else None)
+                                for k in expected}, assign=True)
+        module.requires_grad_(False)
+        return module.eval()
+
     def close(self) -> None:
         self.model = None

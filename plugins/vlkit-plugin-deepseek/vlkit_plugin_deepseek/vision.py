@@ -140,7 +140,6 @@ class DeepseekVisionModel(VisionModel):
         return proc
 
     def build_model(self) -> Any:
-        import torch
         from accelerate import init_empty_weights
 
         with init_empty_weights():
@@ -159,18 +158,8 @@ class DeepseekVisionModel(VisionModel):
             return new if new in expected else None
 
         tensors = fuse_qkv(read_tensors(self.model_path, select))
-        missing = [k for k in expected if k not in tensors]
-        wrong = [(k, expected[k], tuple(t.shape)) for k, t in tensors.items() if k in expected and tuple(t.shape) != expected[k]]
-        if missing or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
-            if wrong:
-                parts.append("wrong shape: " + "; ".join(f"{k} expected {s}, got {g}" for k, s, g in wrong[:5]))
-            raise DeepseekWeightError(f"vision weights of {self.model_path} ({kind} layout) do not fit: " + "; ".join(parts))
-        dtype = self.dtype or torch.float32
-        module.load_state_dict({k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}, assign=True)
-        self.model = module.eval()
+        self.model = self.load_weights(module, tensors, error=DeepseekWeightError,
+                                       what=f"vision weights ({kind} layout)")
         return self.model
 
     # -- preprocessing -----------------------------------------------------------------------

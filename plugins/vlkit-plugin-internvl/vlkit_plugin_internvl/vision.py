@@ -74,7 +74,6 @@ class InternVLVisionModel(VisionModel):
         return self.preprocessor
 
     def build_model(self) -> Any:
-        import torch
         from accelerate import init_empty_weights
 
         from vlkit_plugin_internvl.modeling import InternVLVision
@@ -82,22 +81,9 @@ class InternVLVisionModel(VisionModel):
         lay = self.layout
         with init_empty_weights():
             module = InternVLVision(lay)
-        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         raw = read_tensors(self.model_path, weights.wanted_for(lay.kind, module.vision_model.num_used))
         tensors = weights.original_names(raw) if lay.kind == "original" else weights.hf_names(raw)
-        tensors = {k: v for k, v in tensors.items() if k in expected}
-        missing = [k for k in expected if k not in tensors]
-        wrong = [(k, s, tuple(tensors[k].shape)) for k, s in expected.items() if k in tensors and tuple(tensors[k].shape) != s]
-        if missing or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
-            if wrong:
-                parts.append("wrong shape: " + "; ".join(f"{k} expected {s}, got {g}" for k, s, g in wrong[:5]))
-            raise InternVLWeightError(f"vision weights of {self.model_path} do not fit: " + "; ".join(parts))
-        dtype = self.dtype or torch.float32
-        module.load_state_dict({k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}, assign=True)
-        self.model = module.eval()
+        self.model = self.load_weights(module, tensors, error=InternVLWeightError)
         return self.model
 
     # -- preprocessing -----------------------------------------------------------------------

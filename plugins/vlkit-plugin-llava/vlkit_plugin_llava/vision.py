@@ -126,7 +126,6 @@ class LlavaVisionModel(VisionModel):
         return self.preprocessor
 
     def build_model(self) -> Any:
-        import torch
         from accelerate import init_empty_weights
 
         from vlkit_plugin_llava.modeling import LlavaVision
@@ -139,19 +138,7 @@ class LlavaVisionModel(VisionModel):
             )
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         tensors = self._read_weights(expected)
-        problems = [(k, s, tuple(tensors[k].shape)) for k, s in expected.items() if k in tensors and tuple(tensors[k].shape) != s]
-        missing = [k for k in expected if k not in tensors]
-        if missing or problems:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:5])}")
-            if problems:
-                parts.append("wrong shape: " + "; ".join(f"{k} expected {s}, got {g}" for k, s, g in problems[:5]))
-            raise LlavaWeightError(f"vision weights of {self.model_path} do not fit: " + "; ".join(parts))
-        dtype = self.dtype or torch.float32
-        module.load_state_dict({k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}, assign=True)
-        module.requires_grad_(False)
-        self.model = module.eval().fuse()
+        self.model = self.load_weights(module, tensors, error=LlavaWeightError).fuse()
         return self.model
 
     def _read_weights(self, expected: dict[str, tuple]) -> dict[str, Any]:

@@ -110,7 +110,6 @@ class MobileVLMVisionModel(VisionModel):
         return proc
 
     def build_model(self) -> Any:
-        import torch
         from accelerate import init_empty_weights
 
         from vlkit_plugin_mobilevlm.modeling import MobileVLMVision
@@ -120,20 +119,8 @@ class MobileVLMVisionModel(VisionModel):
             module = MobileVLMVision(self.tower_config, lay.select_layer, lay.drop_cls, lay.projector, lay.lm_hidden)
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         tensors = self._read_weights(set(expected))
-        missing = [k for k in expected if k not in tensors]
-        wrong = [(k, s, tuple(tensors[k].shape)) for k, s in expected.items() if k in tensors and tuple(tensors[k].shape) != s]
-        if missing or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} tensor(s): {', '.join(_original_name(k, self) for k in missing[:5])}")
-            if wrong:
-                parts.append("wrong shape: " + "; ".join(
-                    f"{_original_name(k, self)} expected {s}, got {g}" for k, s, g in wrong[:5]))
-            raise MobileVLMWeightError(f"vision weights of {self.model_path} do not fit: " + "; ".join(parts))
-        dtype = self.dtype or torch.float32
-        module.load_state_dict({k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}, assign=True)
-        module.requires_grad_(False)
-        self.model = module.eval().fuse()
+        self.model = self.load_weights(module, tensors, error=MobileVLMWeightError,
+                                       name_of=lambda k: _original_name(k, self)).fuse()
         return self.model
 
     def _read_weights(self, expected: set[str]) -> dict[str, Any]:

@@ -156,21 +156,9 @@ class QwenVLChatVisionModel(VisionModel):
 
         with init_empty_weights():
             module = QwenVLVisual(self.visual_config)
-        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         raw = read_tensors(self.model_path, lambda n: n.startswith(PREFIX))
-        tensors = {k[len(PREFIX):]: v for k, v in raw.items() if k[len(PREFIX):] in expected}
-        missing = [k for k in expected if k not in tensors]
-        wrong = [(k, s, tuple(tensors[k].shape)) for k, s in expected.items() if k in tensors and tuple(tensors[k].shape) != s]
-        if missing or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} tensor(s): {', '.join(PREFIX + k for k in missing[:5])}")
-            if wrong:
-                parts.append("wrong shape: " + "; ".join(f"{PREFIX}{k} expected {s}, got {g}" for k, s, g in wrong[:5]))
-            raise ValueError(f"vision weights of {self.model_path} do not fit: " + "; ".join(parts))
-        dtype = self.dtype or torch.float32
-        module.load_state_dict({k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}, assign=True)
-        self.model = module.eval()
+        tensors = {k[len(PREFIX):]: v for k, v in raw.items()}
+        self.model = self.load_weights(module, tensors, name_of=lambda k: PREFIX + k)
         return self.model
 
     def preprocess(self, images: list[Any], options: list[dict[str, Any]]) -> list[ImageItem]:

@@ -95,7 +95,6 @@ class QwenVLVisionModel(VisionModel):
         return Qwen2VisionTransformerPretrainedModel
 
     def build_model(self) -> Any:
-        import torch
         from accelerate import init_empty_weights
         from transformers import AutoConfig
 
@@ -103,23 +102,10 @@ class QwenVLVisionModel(VisionModel):
         vcfg._attn_implementation = "sdpa"
         with init_empty_weights():
             module = self._tower_class()(vcfg)
-        expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-        tensors = {k: v for k, v in weights.vision_tensors(self.model_path).items() if k in expected}
-        missing = [k for k in expected if k not in tensors]
-        wrong = [(k, s, tuple(tensors[k].shape)) for k, s in expected.items()
-                 if k in tensors and tuple(tensors[k].shape) != s]
-        if missing or wrong:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} tensor(s): {', '.join('visual.' + k for k in missing[:5])}")
-            if wrong:
-                parts.append("wrong shape: " + "; ".join(f"visual.{k} expected {s}, got {g}" for k, s, g in wrong[:5]))
-            raise QwenVisionWeightError(f"vision weights of {self.model_path} do not fit: " + "; ".join(parts))
-        dtype = self.dtype or torch.float32
-        module.load_state_dict({k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()},
-                               strict=False, assign=True)
+        tensors = weights.vision_tensors(self.model_path)
+        self.load_weights(module, tensors, error=QwenVisionWeightError, name_of=lambda k: "visual." + k)
         module.to(self.device)  # non-persistent buffers (rotary tables)
-        self.model = module.eval()
+        self.model = module
         return self.model
 
     # -- preprocessing -----------------------------------------------------------------------

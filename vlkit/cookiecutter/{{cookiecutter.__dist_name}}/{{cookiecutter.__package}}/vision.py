@@ -119,24 +119,10 @@ class {{ cookiecutter.__prefix }}VisionModel(VisionModel):
             module = {{ cookiecutter.__prefix }}Vision(self.tower_config, self.lm_hidden_size, self.feature_layer)
         expected = {name: tuple(t.shape) for name, t in module.state_dict().items()}
         tensors = read_vision_tensors(self.model_path, expected)
-        missing = [name for name in expected if name not in tensors]
-        misshaped = [
-            (n, shape, tuple(tensors[n].shape))
-            for n, shape in expected.items()
-            if n in tensors and tuple(tensors[n].shape) != shape
-        ]
-        if missing or misshaped:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} tensor(s), first: {', '.join(missing[:3])}")
-            if misshaped:
-                parts.append("wrong shape: " + "; ".join(f"{n} expected {s}, got {g}" for n, s, g in misshaped[:3]))
-            raise CheckpointError(
-                f"vision weights of {self.model_path} do not fit the {FAMILY} model: " + "; ".join(parts)
-            )
-        dtype = self.dtype or torch.float32
-        module.load_state_dict({k: v.to(device=self.device, dtype=dtype) for k, v in tensors.items()}, assign=True)
-        self.model = module.to(self.device).eval()  # moves the non-persistent buffers too
+        # checks every tensor is there with its shape (CheckpointError names the first that are
+        # not), then loads them on self.device / self.dtype
+        self.load_weights(module, tensors, error=CheckpointError, what=f"{FAMILY} vision weights")
+        self.model = module.to(self.device)  # moves the non-persistent buffers too
         return self.model
 
     # -- per batch of images -----------------------------------------------------------------
