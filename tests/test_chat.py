@@ -85,3 +85,33 @@ def test_expand_and_locate_images():
     assert enc.prompt == "a<image><image>b<image><image><image>"
     assert enc.image_ranges == [(1, 3), (4, 7)]
     assert [enc.input_ids[i] for i in range(1, 3)] == [3, 3]
+
+
+def test_tokenize_between_images_as_llava_tokenizer_image_token():
+    # a vocabulary without an image token, as LLaVA's original checkpoints: "<image>" would be
+    # split into characters if the prompt were tokenized whole
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3, "b": 4, "<": 5, "i": 6, "m": 7, "g": 8, "e": 9, ">": 10}
+    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+    class Original(ChatTemplateWrapper):
+        tokenize_between_images = True
+
+    template = ("{% for m in messages %}{% for p in m.content %}{% if p.type == 'image' %}{{ image_marker }}"
+                "{% else %}{{ p.text }}{% endif %}{% endfor %}{% endfor %}")
+    wrapper = Original(None, {}, "/nonexistent", tok, ChatTemplateConfig(chat_template=template))
+    assert wrapper.image_token_id == 0  # no image token: the positions hold unk
+    enc = wrapper.encode(to_conversation((f"a{IMAGE_TOKEN}ba{IMAGE_TOKEN}b", ["x", "y"])), [2, 3])
+    # each piece tokenized on its own, BOS only at the start
+    assert enc.input_ids == [1, 3, 0, 0, 4, 3, 0, 0, 0, 4]
+    assert enc.image_ranges == [(2, 4), (6, 9)]
+    with pytest.raises(TemplateError, match="2 image markers for 1 images"):
+        wrapper.encode(to_conversation((f"a{IMAGE_TOKEN}b{IMAGE_TOKEN}", ["x", "y"])), [2])
+    # without the flag, the same tokenizer has no image token to place embeddings at
+    with pytest.raises(TemplateError, match="no token '<image>' for images"):
+        _ = ChatTemplateWrapper(None, {}, "/nonexistent", tok, ChatTemplateConfig(chat_template=template)).image_token_id

@@ -146,12 +146,18 @@ class ChatTemplateWrapper:
             ``chat_templates``, or a core template).
         stop_words: tokens that end a reply besides EOS (``"<|im_end|>"`` for ChatML); see
             :meth:`stop_token_ids`.
+        tokenize_between_images: LLaVA's ``tokenizer_image_token`` (original LLaVA, MobileVLM
+            and their kin): step 3-4 become "tokenize the text between image markers piece by
+            piece, so that no token straddles an image, and fill each image's positions with
+            :attr:`image_token_id`" — the tokenizer's ``unk`` id when its vocabulary has no
+            image token, as the original checkpoints' have not.
     """
 
     image_marker: str = "<image>"
     image_token: str | None = None
     default_template: str | None = None
     stop_words: tuple[str, ...] = ()
+    tokenize_between_images: bool = False
 
     def __init__(
         self,
@@ -298,7 +304,10 @@ class ChatTemplateWrapper:
         tok = self.image_token or self.image_marker
         ids = self.tokenizer.convert_tokens_to_ids([tok])
         tid = ids[0] if ids else None
-        if tid is None or tid == getattr(self.tokenizer, "unk_token_id", -1):
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        if tid is None or tid < 0 or tid == unk:
+            if self.tokenize_between_images:  # positions only: the engine writes embeddings there
+                return int(unk) if unk is not None else 0
             raise TemplateError(f"the tokenizer has no token {tok!r} for images")
         return int(tid)
 
@@ -308,11 +317,33 @@ class ChatTemplateWrapper:
     ) -> PromptInputs:
         """Render, expand and tokenize a conversation; locate each image's positions."""
         text = self.render(conv, add_generation_prompt)
+        if self.tokenize_between_images:
+            return self._encode_between_images(text, num_image_tokens, metas)
         if num_image_tokens:
             text = self.expand_images(text, num_image_tokens, metas)
         ids = self.tokenize(text)
         ranges = self.image_ranges(ids, num_image_tokens) if num_image_tokens else []
         return PromptInputs(text, ids, ranges)
+
+    def _encode_between_images(self, text: str, num_image_tokens: list[int],
+                               metas: list[dict[str, Any]] | None) -> PromptInputs:
+        chunks = text.split(self.image_marker)
+        if len(chunks) - 1 != len(num_image_tokens):
+            raise TemplateError(f"prompt has {len(chunks) - 1} image markers for {len(num_image_tokens)} images")
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        image_id = self.image_token_id if num_image_tokens else 0
+        ids: list[int] = []
+        ranges: list[tuple[int, int]] = []
+        for i, chunk in enumerate(chunks):
+            piece = list(self.tokenizer(chunk).input_ids)  # each piece on its own, as LLaVA does
+            if i > 0 and piece and bos is not None and piece[0] == bos:
+                piece = piece[1:]
+            ids.extend(piece)
+            if i < len(num_image_tokens):
+                ranges.append((len(ids), len(ids) + num_image_tokens[i]))
+                ids.extend([image_id] * num_image_tokens[i])
+        prompt = self.expand_images(text, num_image_tokens, metas) if num_image_tokens else text
+        return PromptInputs(prompt, ids, ranges)
 
     def image_ranges(self, input_ids: list[int], num_image_tokens: list[int]) -> list[tuple[int, int]]:
         """Split the positions of :attr:`image_token_id` into one contiguous range per image."""

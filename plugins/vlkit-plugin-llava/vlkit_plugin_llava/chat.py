@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlkit.chat import ChatTemplateWrapper, PromptInputs, TemplateError
+from vlkit.chat import ChatTemplateWrapper
 from vlkit.messages import Conversation
 
 
@@ -49,6 +49,7 @@ def _inline_placed_images(msg: dict[str, Any], marker: str) -> dict[str, Any]:
 
 class LlavaOriginalChatTemplate(LlavaHFChatTemplate):
     default_template = "llava-v1"
+    tokenize_between_images = True  # LLaVA's tokenizer_image_token; image positions hold unk
 
     def __init__(self, family: Any, hf_config: dict[str, Any], *args: Any, **kwargs: Any) -> None:
         from vlkit_plugin_llava.layout import ORIGINAL_LLAVA_MISTRAL
@@ -57,35 +58,3 @@ class LlavaOriginalChatTemplate(LlavaHFChatTemplate):
             self.default_template = "llava-mistral-instruct"  # LLaVA's conv_mistral_instruct
         super().__init__(family, hf_config, *args, **kwargs)
 
-    @property
-    def image_token_id(self) -> int:
-        tok = self.tokenizer
-        tid = tok.convert_tokens_to_ids(self.image_marker)
-        if isinstance(tid, int) and tid != getattr(tok, "unk_token_id", None) and tid >= 0:
-            return tid
-        unk = getattr(tok, "unk_token_id", None)
-        return int(unk) if unk is not None else 0
-
-    def encode(
-        self, conv: Conversation, num_image_tokens: list[int], metas: list[dict[str, Any]] | None = None,
-        add_generation_prompt: bool = True,
-    ) -> PromptInputs:
-        text = self.render(conv, add_generation_prompt)
-        chunks = text.split(self.image_marker)
-        if len(chunks) - 1 != len(num_image_tokens):
-            raise TemplateError(f"prompt has {len(chunks) - 1} image markers for {len(num_image_tokens)} images")
-        tok = self.tokenizer
-        bos = getattr(tok, "bos_token_id", None)
-        image_id = self.image_token_id
-        ids: list[int] = []
-        ranges: list[tuple[int, int]] = []
-        for i, chunk in enumerate(chunks):
-            piece = list(tok(chunk).input_ids)  # as tokenizer_image_token: each chunk on its own
-            if i > 0 and piece and bos is not None and piece[0] == bos:
-                piece = piece[1:]
-            ids.extend(piece)
-            if i < len(num_image_tokens):
-                ranges.append((len(ids), len(ids) + num_image_tokens[i]))
-                ids.extend([image_id] * num_image_tokens[i])
-        prompt = self.expand_images(text, num_image_tokens, metas) if num_image_tokens else text
-        return PromptInputs(prompt, ids, ranges)
