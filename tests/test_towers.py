@@ -75,3 +75,17 @@ def test_vision_model_load_weights_checks_names_and_shapes(tmp_path):
     loaded = vm.load_weights(module, dict(full))
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     assert torch.equal(loaded.state_dict()["pre_layrnorm.weight"], full["pre_layrnorm.weight"])
+
+
+def test_clip_vision_config_takes_the_vision_half_and_refuses_other_towers():
+    from vlkit.towers.clip import clip_vision_config
+
+    full = {"model_type": "clip", "vision_config": {"hidden_size": 48, "image_size": 56}}
+    cfg = clip_vision_config(full, "tower/config.json")
+    assert cfg["hidden_size"] == 48 and cfg["image_size"] == 56 and cfg["hidden_act"] == "quick_gelu"
+
+    class Bad(ValueError):
+        pass
+
+    with pytest.raises(Bad, match="tower/config.json: vision tower model_type 'siglip_vision_model' is not supported"):
+        clip_vision_config({"model_type": "siglip_vision_model"}, "tower/config.json", Bad)

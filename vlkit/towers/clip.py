@@ -28,6 +28,22 @@ def clip_activation(name: str) -> nn.Module:
     return ACT2FN[name]
 
 
+def clip_vision_config(raw: dict[str, Any], where: str, error: type[Exception] = ValueError) -> dict[str, Any]:
+    """A complete CLIP vision config dict (transformers' defaults filled in) from a tower's
+    ``config.json`` (a ``CLIPVisionConfig``, or a full ``CLIPConfig`` whose vision half is taken).
+
+    :raises error: naming ``where`` when the tower is not a CLIP.
+    """
+    if raw.get("model_type") == "clip":
+        raw = raw.get("vision_config") or {}
+    mt = raw.get("model_type", "clip_vision_model")
+    if mt != "clip_vision_model":
+        raise error(f"{where}: vision tower model_type {mt!r} is not supported (CLIP only)")
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(**{k: v for k, v in raw.items() if k != "model_type"}).to_dict()
+
+
 def resolve_layers(layers: tuple[int, ...] | list[int], total: int, what: str = "feature layer") -> tuple[int, ...]:
     """Hidden-state indices with negatives counted from the end (``-1`` = ``total``), as
     transformers' ``hidden_states``; raises ``ValueError`` naming ``what`` when out of range."""

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vlkit.loader import read_tensors, tensor_names
+from vlkit.towers.clip import clip_vision_config
 from vlkit.vision import ImageItem, VisionModel
 from vlkit_plugin_llava import anyres
 from vlkit_plugin_llava.layout import LlavaConfigError, LlavaLayout, layout_from_config, projector_depth
@@ -79,18 +80,6 @@ def resolve_vision_tower(name: str, model_path: Path) -> Path:
         ) from exc
 
 
-def _clip_vision_config(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """A complete CLIP vision config dict (transformers' defaults filled in)."""
-    if raw.get("model_type") == "clip":  # a full CLIPModel config: take its vision half
-        raw = raw.get("vision_config") or {}
-    mt = raw.get("model_type", "clip_vision_model")
-    if mt != "clip_vision_model":
-        raise LlavaConfigError(f"{where}: vision tower model_type {mt!r} is not supported (CLIP only)")
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(**{k: v for k, v in raw.items() if k != "model_type"}).to_dict()
-
-
 class LlavaVisionModel(VisionModel):
     """Vision side of LLaVA-1.5, LLaVA-NeXT and the original ``LlavaLlamaForCausalLM``."""
 
@@ -102,11 +91,12 @@ class LlavaVisionModel(VisionModel):
         self.tower_dir: Path | None = None
         if self.layout.kind == "original":
             self.tower_dir = resolve_vision_tower(self.layout.vision_tower or "", self.model_path)
-            self.tower_config = _clip_vision_config(
-                json.loads((self.tower_dir / "config.json").read_text()), f"{self.tower_dir}/config.json"
+            self.tower_config = clip_vision_config(
+                json.loads((self.tower_dir / "config.json").read_text()), f"{self.tower_dir}/config.json", LlavaConfigError
             )
         else:
-            self.tower_config = _clip_vision_config(dict(hf_config.get("vision_config") or {}), "config.json vision_config")
+            self.tower_config = clip_vision_config(dict(hf_config.get("vision_config") or {}), "config.json vision_config",
+                                                   LlavaConfigError)
         self.image_size = int(self.tower_config["image_size"])
         self.patch_size = int(self.tower_config["patch_size"])
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vlkit.loader import read_tensors, tensor_names
+from vlkit.towers.clip import clip_vision_config
 from vlkit.vision import ImageItem, VisionModel
 from vlkit_plugin_mobilevlm.layout import MobileVLMConfigError, MobileVLMLayout, layout_from_config
 
@@ -59,18 +60,6 @@ def resolve_vision_tower(name: str, model_path: Path, need_weights: bool) -> Pat
         ) from exc
 
 
-def clip_vision_config(raw: dict[str, Any], where: str) -> dict[str, Any]:
-    """A complete CLIP vision config dict (a full ``CLIPConfig``'s vision half; defaults filled in)."""
-    if raw.get("model_type") == "clip":
-        raw = raw.get("vision_config") or {}
-    mt = raw.get("model_type", "clip_vision_model")
-    if mt != "clip_vision_model":
-        raise MobileVLMConfigError(f"{where}: vision tower model_type {mt!r} is not CLIP")
-    from transformers import CLIPVisionConfig
-
-    return CLIPVisionConfig(**{k: v for k, v in raw.items() if k != "model_type"}).to_dict()
-
-
 class MobileVLMVisionModel(VisionModel):
     """Vision side of ``MobileLlamaForCausalLM`` (MobileVLM V1 ``ldpnet``, V2 ``ldpnetv2``)."""
 
@@ -83,7 +72,7 @@ class MobileVLMVisionModel(VisionModel):
         cfg_file = self.tower_dir / "config.json"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"mm_vision_tower {self.layout.vision_tower!r}: no config.json in {self.tower_dir}")
-        self.tower_config = clip_vision_config(json.loads(cfg_file.read_text()), str(cfg_file))
+        self.tower_config = clip_vision_config(json.loads(cfg_file.read_text()), str(cfg_file), MobileVLMConfigError)
         if int(self.tower_config["hidden_size"]) != self.layout.mm_hidden:
             raise MobileVLMConfigError(
                 f"config.json mm_hidden_size {self.layout.mm_hidden} != the tower's hidden_size "
