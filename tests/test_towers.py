@@ -89,3 +89,18 @@ def test_clip_vision_config_takes_the_vision_half_and_refuses_other_towers():
 
     with pytest.raises(Bad, match="tower/config.json: vision tower model_type 'siglip_vision_model' is not supported"):
         clip_vision_config({"model_type": "siglip_vision_model"}, "tower/config.json", Bad)
+
+
+def test_resolve_tower_finds_directories_and_names_what_is_missing(tmp_path, monkeypatch):
+    from vlkit.towers import resolve_tower
+
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "clip").mkdir(parents=True)
+    assert resolve_tower("clip", ckpt) == ckpt / "clip"  # relative to the checkpoint
+    monkeypatch.chdir(tmp_path)
+    assert resolve_tower("ckpt/clip", tmp_path / "elsewhere") == tmp_path / "ckpt" / "clip"  # to the cwd
+    with pytest.raises(FileNotFoundError, match="mm_vision_tower '/no/such/clip' of .* is not a directory"):
+        resolve_tower("/no/such/clip", ckpt)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError, match="vision_tower 'nobody/no-such-tower' .* nor a reachable hub id"):
+        resolve_tower("nobody/no-such-tower", ckpt, field="vision_tower")

@@ -15,11 +15,11 @@ Preprocessing:
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from vlkit.loader import read_tensors, tensor_names
+from vlkit.towers import resolve_tower
 from vlkit.towers.clip import clip_vision_config
 from vlkit.vision import ImageItem, VisionModel
 from vlkit_plugin_llava import anyres
@@ -52,34 +52,6 @@ class LlavaWeightError(ValueError):
     """The checkpoint lacks vision tensors or has them in the wrong shape."""
 
 
-def resolve_vision_tower(name: str, model_path: Path) -> Path:
-    """A local directory for the original layout's ``mm_vision_tower``.
-
-    An existing directory (absolute, ``~``, or relative to the working directory or to the
-    checkpoint), else a hub id, downloaded without the weights a CLIP tower does not need.
-    """
-    for candidate in (Path(name).expanduser(), Path(model_path) / name):
-        if candidate.is_dir():
-            return candidate
-    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
-        raise FileNotFoundError(
-            f"mm_vision_tower {name!r} of {model_path} is not a directory (the original LLaVA layout "
-            "loads its CLIP tower from there)"
-        )
-    try:
-        from huggingface_hub import snapshot_download
-
-        path = Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.safetensors"]))
-        if not any(path.glob("*.safetensors")):
-            path = Path(snapshot_download(name, allow_patterns=["*.json", "*.txt", "*.bin"]))
-        return path
-    except Exception as exc:
-        raise FileNotFoundError(
-            f"mm_vision_tower {name!r} of {model_path} is neither a local directory nor a reachable hub "
-            f"id ({type(exc).__name__}: {exc})"
-        ) from exc
-
-
 class LlavaVisionModel(VisionModel):
     """Vision side of LLaVA-1.5, LLaVA-NeXT and the original ``LlavaLlamaForCausalLM``."""
 
@@ -90,7 +62,7 @@ class LlavaVisionModel(VisionModel):
             raise LlavaConfigError("anyres spatial packing needs the CLS position dropped (strategy 'default'/'patch')")
         self.tower_dir: Path | None = None
         if self.layout.kind == "original":
-            self.tower_dir = resolve_vision_tower(self.layout.vision_tower or "", self.model_path)
+            self.tower_dir = resolve_tower(self.layout.vision_tower or "", self.model_path)
             self.tower_config = clip_vision_config(
                 json.loads((self.tower_dir / "config.json").read_text()), f"{self.tower_dir}/config.json", LlavaConfigError
             )

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vlkit.loader import read_tensors, tensor_names
+from vlkit.towers import resolve_tower
 from vlkit.towers.clip import clip_vision_config
 from vlkit.vision import ImageItem, VisionModel
 from vlkit_plugin_mobilevlm.layout import MobileVLMConfigError, MobileVLMLayout, layout_from_config
@@ -31,35 +32,6 @@ class MobileVLMWeightError(ValueError):
     """The checkpoint lacks vision tensors or has them in the wrong shape."""
 
 
-def resolve_vision_tower(name: str, model_path: Path, need_weights: bool) -> Path:
-    """A local directory for ``mm_vision_tower``: a directory (as given, or relative to the
-    checkpoint), else a hub id through :func:`vlkit.registry.resolve_model_path` — or, when the
-    checkpoint carries the tower's weights, only the hub repository's config files."""
-    from vlkit.registry import resolve_model_path
-
-    rel = Path(model_path) / name
-    if not Path(name).expanduser().is_dir() and rel.is_dir():
-        return rel
-    local = Path(name).expanduser()
-    if local.is_dir() or need_weights or name.startswith((".", "/", "~")):
-        try:
-            return resolve_model_path(name)
-        except (FileNotFoundError, ValueError) as exc:
-            raise FileNotFoundError(
-                f"mm_vision_tower {name!r} of {model_path}: {exc} (MobileVLM takes its CLIP tower's config and "
-                "image processor from there)"
-            ) from exc
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(name, allow_patterns=["*.json", "*.txt"]))
-    except Exception as exc:
-        raise FileNotFoundError(
-            f"mm_vision_tower {name!r} of {model_path} is neither a local directory nor a reachable hub id "
-            f"({type(exc).__name__}: {exc})"
-        ) from exc
-
-
 class MobileVLMVisionModel(VisionModel):
     """Vision side of ``MobileLlamaForCausalLM`` (MobileVLM V1 ``ldpnet``, V2 ``ldpnetv2``)."""
 
@@ -68,7 +40,7 @@ class MobileVLMVisionModel(VisionModel):
         self.layout: MobileVLMLayout = layout_from_config(hf_config)
         names = tensor_names(self.model_path)
         self.tower_in_checkpoint = any(n.startswith(TOWER_IN_CHECKPOINT) for n in names)
-        self.tower_dir = resolve_vision_tower(self.layout.vision_tower, self.model_path, not self.tower_in_checkpoint)
+        self.tower_dir = resolve_tower(self.layout.vision_tower, self.model_path, need_weights=not self.tower_in_checkpoint)
         cfg_file = self.tower_dir / "config.json"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"mm_vision_tower {self.layout.vision_tower!r}: no config.json in {self.tower_dir}")
