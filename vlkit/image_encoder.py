@@ -54,12 +54,12 @@ class ImageEncoder:
         from PIL import Image
 
         out: list[ImageItem | None] = [None] * len(refs)
-        todo: list[tuple[int, Any, str | None]] = []  # (index, decoded image, source key)
+        todo: list[tuple[int, Any, str, str | None]] = []  # (index, decoded image, options JSON, source key)
         for i, ref in enumerate(refs):
             opts = json.dumps(ref.options, sort_keys=True, default=str)
             try:
                 if isinstance(ref.source, Image.Image) or not self.config.feature_cache_size:
-                    todo.append((i, self.load(ref), None))
+                    todo.append((i, self.load(ref), opts, None))
                     continue
                 raw = read_image_bytes(ref.source, self.config.url_timeout)
                 key = hashlib.blake2b(raw + b"|" + opts.encode(), digest_size=16).hexdigest()
@@ -69,14 +69,13 @@ class ImageEncoder:
                     out[i] = ImageItem(num_tokens, {}, dict(ref.options), content, dict(meta), source=raw)
                     self.stats["source_hits"] += 1
                     continue
-                todo.append((i, decode_image_bytes(raw, ref.source, max_pixels=self.config.max_image_pixels), key))
+                todo.append((i, decode_image_bytes(raw, ref.source, max_pixels=self.config.max_image_pixels), opts, key))
             except ImageLoadError as exc:
                 raise ImageLoadError(f"image {i}: {exc}") from exc
         if todo:
-            items = self.vision.preprocess([img for _, img, _ in todo], [dict(refs[i].options) for i, _, _ in todo])
+            items = self.vision.preprocess([t[1] for t in todo], [dict(refs[t[0]].options) for t in todo])
             self.stats["preprocessed"] += len(items)
-            for (i, img, key), item in zip(todo, items):
-                opts = json.dumps(refs[i].options, sort_keys=True, default=str)
+            for (i, img, opts, key), item in zip(todo, items):
                 item.hash = hashlib.blake2b(f"{image_hash(img)}|{opts}".encode(), digest_size=16).hexdigest()
                 out[i] = item
                 if key is not None:

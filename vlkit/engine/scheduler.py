@@ -48,10 +48,7 @@ class Scheduler:
     def _recompute_grown(self) -> None:
         """Send running sequences that just outgrew the short rotary factors back to be recomputed."""
         for seq in [s for s in self.running if not s.rope_long and self._long(s)]:
-            self.running.remove(seq)
-            self.bm.free(seq)
-            seq.status = SequenceStatus.WAITING
-            self.waiting.appendleft(seq)
+            self._send_back(seq)
             self.num_rope_recomputes += 1
 
     def add(self, seq: Sequence) -> None:
@@ -69,12 +66,23 @@ class Scheduler:
             self.waiting.remove(seq)
         self.bm.free(seq)
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _send_back(self, seq: Sequence) -> None:
+        """Free a running sequence's blocks and put it first in line, to be computed again."""
         self.running.remove(seq)
         self.bm.free(seq)
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self._send_back(seq)
         self.num_preemptions += 1
+
+    def _take(self, seq: Sequence, n: int) -> ScheduledChunk:
+        """Give ``seq`` the blocks for its next ``n`` tokens; key the full ones now, so that a
+        sequence admitted later in this step can share them (BlockManager.register_scheduled)."""
+        self.bm.append(seq, n)
+        self.bm.register_scheduled(seq, seq.num_computed_tokens + n)
+        return ScheduledChunk(seq, n, seq.num_computed_tokens + n == seq.num_tokens)
 
     def schedule(self) -> tuple[list[ScheduledChunk], list[Sequence]]:
         """The chunks to run this step, and sequences that must finish for lack of cache."""
@@ -101,9 +109,7 @@ class Scheduler:
                 if victim is seq:
                     break
             else:
-                self.bm.append(seq, n)
-                self.bm.register_scheduled(seq, seq.num_computed_tokens + n)
-                chunks.append(ScheduledChunk(seq, n, seq.num_computed_tokens + n == seq.num_tokens))
+                chunks.append(self._take(seq, n))
                 budget -= n
                 i += 1
                 continue
@@ -132,10 +138,8 @@ class Scheduler:
             if not seq.admitted:
                 seq.num_cached_tokens = cached
             seq.admitted = True
-            self.bm.append(seq, n)
-            self.bm.register_scheduled(seq, seq.num_computed_tokens + n)  # shareable by later admissions
+            chunks.append(self._take(seq, n))
             bisect.insort(self.running, seq, key=lambda s: s.arrival)
-            chunks.append(ScheduledChunk(seq, n, seq.num_computed_tokens + n == seq.num_tokens))
             budget -= n
         return chunks, out_of_cache
 
