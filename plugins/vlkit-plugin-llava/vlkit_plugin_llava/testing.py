@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from vlkit.testing.conformance import Reference
+from vlkit.testing.conversations import sep_two_prompt, tokenizer_image_token
 
 LLAVA_V1_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
@@ -27,26 +28,8 @@ LLAVA_V1_SYSTEM = (
 
 
 def llava_v1_prompt(messages: list[dict[str, Any]], system: str = LLAVA_V1_SYSTEM) -> str:
-    """LLaVA's ``conv_llava_v1.get_prompt()`` after ``append_message(ASSISTANT, None)``.
-
-    Each image of a user message is written ``<image>\\n`` before its text, as LLaVA's
-    ``DEFAULT_IMAGE_TOKEN + "\\n" + qs``.
-    """
-    if messages and messages[0]["role"] == "system":
-        system = "".join(p["text"] for p in messages[0]["content"] if p["type"] == "text")
-        messages = messages[1:]
-    seps = [" ", "</s>"]
-    ret = system + seps[0]
-    turns = [(m["role"], m["content"]) for m in messages] + [("assistant", None)]
-    for i, (role, content) in enumerate(turns):
-        name = "USER" if role == "user" else "ASSISTANT"
-        if content:
-            n_img = sum(1 for p in content if p["type"] == "image")
-            text = "".join(p["text"] for p in content if p["type"] == "text")
-            ret += name + ": " + "<image>\n" * n_img + text + seps[i % 2]
-        else:
-            ret += name + ":"
-    return ret
+    """LLaVA's ``conv_llava_v1.get_prompt()`` after ``append_message(ASSISTANT, None)``."""
+    return sep_two_prompt(messages, system)
 
 
 def mistral_instruct_prompt(messages: list[dict[str, Any]], system: str = "") -> str:
@@ -63,21 +46,6 @@ def mistral_instruct_prompt(messages: list[dict[str, Any]], system: str = "") ->
             text = f"<<SYS>>\n{system}\n<</SYS>>\n\n" + text
         ret += f"[INST] {text} [/INST]" if m["role"] == "user" else " " + text + " </s>"
     return ret
-
-
-def tokenizer_image_token(prompt: str, tokenizer: Any, image_index: int = -200) -> list[int]:
-    """LLaVA's ``mm_utils.tokenizer_image_token``: chunks tokenized alone, ``image_index`` between."""
-    chunks = [tokenizer(c).input_ids for c in prompt.split("<image>")]
-    ids: list[int] = []
-    offset = 0
-    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
-        offset = 1
-        ids.append(chunks[0][0])
-    for i, chunk in enumerate(chunks):
-        if i > 0:
-            ids.append(image_index)
-        ids.extend(chunk[offset:])
-    return ids
 
 
 class OriginalLlavaReference:

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from vlkit.testing.conformance import Reference
+from vlkit.testing.conversations import IMAGE_TOKEN_INDEX, sep_two_prompt, tokenizer_image_token
 
-IMAGE_TOKEN_INDEX = -200
 VICUNA_V1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
@@ -37,38 +37,8 @@ VICUNA_V1_SYSTEM = (
 
 def vicuna_v1_prompt(messages: list[dict[str, Any]], system: str = VICUNA_V1_SYSTEM) -> str:
     """MobileVLM's ``conv_vicuna_v1.get_prompt()`` after ``append_message(ASSISTANT, None)``
-    (``SeparatorStyle.TWO``, sep ``" "``, sep2 ``"</s>"``), each image as ``<image>\\n`` before
-    its message's text (``DEFAULT_IMAGE_TOKEN + "\\n" + prompt`` in ``scripts/inference.py``)."""
-    if messages and messages[0]["role"] == "system":
-        system = "".join(p["text"] for p in messages[0]["content"] if p["type"] == "text")
-        messages = messages[1:]
-    seps = [" ", "</s>"]
-    ret = system + seps[0]
-    turns = [(m["role"], m["content"]) for m in messages] + [("assistant", None)]
-    for i, (role, content) in enumerate(turns):
-        name = "USER" if role == "user" else "ASSISTANT"
-        if content:
-            n_img = sum(1 for p in content if p["type"] == "image")
-            text = "".join(p["text"] for p in content if p["type"] == "text")
-            ret += name + ": " + "<image>\n" * n_img + text + seps[i % 2]
-        else:
-            ret += name + ":"
-    return ret
-
-
-def tokenizer_image_token(prompt: str, tokenizer: Any, image_index: int = IMAGE_TOKEN_INDEX) -> list[int]:
-    """``mobilevlm.utils.tokenizer_image_token``: chunks tokenized alone, ``image_index`` between."""
-    chunks = [tokenizer(c).input_ids for c in prompt.split("<image>")]
-    ids: list[int] = []
-    offset = 0
-    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
-        offset = 1
-        ids.append(chunks[0][0])
-    for i, chunk in enumerate(chunks):
-        if i > 0:
-            ids.append(image_index)
-        ids.extend(chunk[offset:])
-    return ids
+    (``DEFAULT_IMAGE_TOKEN + "\\n" + prompt`` in ``scripts/inference.py``)."""
+    return sep_two_prompt(messages, system)
 
 
 def _load_state(model_dir: Path) -> dict[str, Any]:
