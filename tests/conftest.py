@@ -54,7 +54,7 @@ def pip_target():
 @pytest.fixture(scope="session")
 def llava_dir(tmp_path_factory) -> Path:
     """A tiny random-weight LLaVA-1.5 checkpoint (the LLaVA plugin's factory), written once; read only."""
-    from vlkit.registry import get_registry
+    from vlkit.contract.registry import get_registry
 
     try:
         fam = get_registry().get_family("llava")

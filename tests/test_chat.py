@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from vlkit.chat import ChatTemplateWrapper, TemplateError, core_template, render_template
 from vlkit.config import ChatTemplateConfig
-from vlkit.messages import IMAGE_TOKEN, to_conversation
-from vlkit.registry import ModelFamily
+from vlkit.contract.chat import ChatTemplateWrapper, TemplateError, core_template, render_template
+from vlkit.contract.messages import IMAGE_TOKEN, to_conversation
+from vlkit.contract.registry import ModelFamily
 
 
 class _Tok:
@@ -68,7 +68,7 @@ def test_template_selection_order(tmp_path):
         pick(ChatTemplateConfig(model_name="nope"))
 
 
-def test_expand_and_locate_images():
+def _char_tokenizer():
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -77,14 +77,70 @@ def test_expand_and_locate_images():
     tk.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
     tok.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    wrapper = ChatTemplateWrapper(None, {}, "/nonexistent", tok, ChatTemplateConfig(
-        chat_template="{% for m in messages %}{% for p in m.content %}{% if p.type == 'image' %}{{ image_marker }}"
-                      "{% else %}{{ p.text }}{% endif %}{% endfor %}{% endfor %}"))
+    return tok
+
+
+_PARTS_TEMPLATE = ("{% for m in messages %}{% for p in m.content %}{% if p.type == 'image' %}{{ image_marker }}"
+                   "{% else %}{{ p.text }}{% endif %}{% endfor %}{% endfor %}")
+
+
+def test_expand_and_locate_images():
+    wrapper = ChatTemplateWrapper(None, {}, "/nonexistent", _char_tokenizer(),
+                                  ChatTemplateConfig(chat_template=_PARTS_TEMPLATE))
     conv = to_conversation((f"a{IMAGE_TOKEN}b{IMAGE_TOKEN}", ["x", "y"]))
     enc = wrapper.encode(conv, [2, 3])
     assert enc.prompt == "a<image><image>b<image><image><image>"
     assert enc.image_ranges == [(1, 3), (4, 7)]
+    assert enc.image_spans == [[(1, 3)], [(4, 7)]]
     assert [enc.input_ids[i] for i in range(1, 3)] == [3, 3]
+
+
+class _TiledWrapper(ChatTemplateWrapper):
+    """An image's tokens interleaved with text, as Idefics3 writes ``<row_1_col_1>`` between tiles:
+    2 image tokens, ``b``, the rest."""
+
+    def image_text(self, index, num_tokens, meta):
+        return "<image>" * 2 + "b" + "<image>" * (num_tokens - 2)
+
+
+def _tiled_encoding():
+    wrapper = _TiledWrapper(None, {}, "/nonexistent", _char_tokenizer(),
+                            ChatTemplateConfig(chat_template=_PARTS_TEMPLATE))
+    return wrapper.encode(to_conversation((f"a{IMAGE_TOKEN}a{IMAGE_TOKEN}", ["x", "y"])), [5, 3])
+
+
+def test_an_image_may_fill_several_spans():
+    enc = _tiled_encoding()
+    assert enc.prompt == "a<image><image>b<image><image><image>a<image><image>b<image>"
+    assert enc.image_spans == [[(1, 3), (4, 7)], [(8, 10), (11, 12)]]
+    with pytest.raises(TemplateError, match="image 0 fills 2 spans"):
+        enc.image_ranges  # noqa: B018 - one span per image is what this property promises
+
+
+def test_prepared_request_fills_each_span_with_its_rows_in_order():
+    """The Preparer hands the engine one embedding entry per span: an image's rows split in
+    order across its spans, each entry tagged with the image's content hash."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from vlkit.api.prepare import Preparer, RequestError
+
+    enc = _tiled_encoding()
+    wrapper = SimpleNamespace(encode=lambda conv, n, metas: enc)
+    vision = SimpleNamespace(prompt_too_long=lambda ids, items, n: None, mrope_positions=lambda ids, items: None)
+    prep = Preparer(None, wrapper, vision, object(), None, 1000, "/nonexistent")
+    items = [SimpleNamespace(num_tokens=5, meta={}, hash="h0"), SimpleNamespace(num_tokens=3, meta={}, hash="h1")]
+    embs = [torch.arange(5 * 4.0).view(5, 4), 100 + torch.arange(3 * 4.0).view(3, 4)]
+    conv = to_conversation(("x", ["y", "z"]))
+    req = prep.request(conv, items, embs)
+    assert req.prompt_token_ids == enc.input_ids
+    assert req.embedding_ranges == [(1, 3), (4, 7), (8, 10), (11, 12)]
+    assert req.embedding_hashes == ["h0", "h0", "h1", "h1"]
+    want = [embs[0][:2], embs[0][2:], embs[1][:2], embs[1][2:]]
+    assert all(torch.equal(g, w) for g, w in zip(req.input_embeddings, want, strict=True))
+    with pytest.raises(RequestError, match="spans hold 5 positions for 4 embeddings"):
+        prep.request(conv, items, [embs[0][:4], embs[1]])
 
 
 def test_tokenize_between_images_as_llava_tokenizer_image_token():

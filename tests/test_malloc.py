@@ -20,8 +20,8 @@ pytestmark = pytest.mark.skipif(
 SCRIPT = r"""
 import json, threading
 import torch
-from vlkit.loop import EngineLoop
-from vlkit import malloc
+from vlkit.api.loop import EngineLoop
+from vlkit.api import malloc
 
 def rss_mib():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20

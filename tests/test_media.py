@@ -6,7 +6,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from PIL import Image
 
-from vlkit.media import ImageLoadError, encode_image_base64, image_hash, load_image
+from vlkit.api.media import ImageLoadError, encode_image_base64, image_hash, load_image
 
 
 def _png(img):

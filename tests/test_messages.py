@@ -1,6 +1,13 @@
 import pytest
 
-from vlkit.messages import IMAGE_TOKEN, ImagePart, MessageError, TextPart, split_batch, to_conversation
+from vlkit.contract.messages import (
+    IMAGE_TOKEN,
+    ImagePart,
+    MessageError,
+    TextPart,
+    split_batch,
+    to_conversation,
+)
 
 
 def test_tuple_without_marker_puts_images_first():

@@ -73,7 +73,7 @@ def test_chat_second_turn_reuses_prefix_and_image_features(pipe):
 
 
 def _conversation_without_last(session):
-    from vlkit.messages import Conversation
+    from vlkit.contract.messages import Conversation
 
     return Conversation(session.history.messages[:-1], session.history.images)
 
@@ -99,8 +99,8 @@ def test_progress_bar_only_for_batches(pipe, capsys):
 
 
 def test_bad_requests_fail_alone(pipe):
-    from vlkit.media import ImageLoadError
-    from vlkit.messages import MessageError
+    from vlkit.api.media import ImageLoadError
+    from vlkit.contract.messages import MessageError
 
     with pytest.raises(ImageLoadError, match="cannot decode"):
         pipe(("x", b"\x00\x01junk"))
@@ -202,7 +202,7 @@ def test_demo_main_job(tmp_path):
 
 
 def test_the_same_image_bytes_again_are_not_decoded_or_preprocessed(pipe):
-    from vlkit.messages import ImageRef
+    from vlkit.contract.messages import ImageRef
 
     png = image_bytes(make_image(70, 40, seed=77), "PNG")
     uri = "data:image/png;base64," + __import__("base64").b64encode(png).decode()

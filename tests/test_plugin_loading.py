@@ -27,7 +27,7 @@ def test_core_only_lists_are_empty(run_isolated, core_only_site):
 
 
 def test_import_vlkit_does_not_import_torch(run_isolated, core_only_site):
-    r = run_isolated(core_only_site, "-c", "import sys, vlkit, vlkit.cli, vlkit.registry; print('torch' in sys.modules)")
+    r = run_isolated(core_only_site, "-c", "import sys, vlkit, vlkit.cli, vlkit.contract.registry; print('torch' in sys.modules)")
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "False"
 
@@ -75,7 +75,7 @@ def test_vlkit_load_plugins_restricts_loading(run_isolated, core_only_site, fixt
 def test_unknown_architecture_lists_installed_families(run_isolated, core_only_site, fixture_plugins, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["NopeForCausalLM"]}))
     code = (
-        "import sys\nfrom vlkit.registry import find_family, UnknownArchitectureError\n"
+        "import sys\nfrom vlkit.contract.registry import find_family, UnknownArchitectureError\n"
         f"try:\n    find_family({str(tmp_path)!r})\nexcept UnknownArchitectureError as e:\n    print(e)\n"
     )
     r = run_isolated(core_only_site, "-c", code, extra_paths=[fixture_plugins])

@@ -6,7 +6,7 @@ import warnings
 import pytest
 
 from vlkit import hookimpl
-from vlkit.registry import (
+from vlkit.contract.registry import (
     ModelFamily,
     Registry,
     UnknownArchitectureError,
@@ -85,7 +85,7 @@ def test_template_file_and_lazy_factory_helpers(tmp_path):
     import sys
     from pathlib import Path
 
-    from vlkit.registry import lazy_factory, template_file
+    from vlkit.plugin import lazy_factory, template_file
 
     assert Path(template_file("vlkit", "chatml")).read_text().strip()
     assert "vlkit_testing_lazy_target" not in sys.modules
@@ -102,3 +102,90 @@ def test_template_file_and_lazy_factory_helpers(tmp_path):
         sys.modules.pop("vlkit_testing_lazy_target", None)
     with pytest.raises(ValueError, match="module:function"):
         lazy_factory("no_colon_here")
+
+
+class _Owner:
+    """A plugin answering every family hook, recording each call it gets."""
+
+    def __init__(self, family, calls):
+        self.family, self.calls = family, calls
+
+    @hookimpl
+    def vlkit_register_families(self):
+        return [self.family]
+
+    @hookimpl
+    def vlkit_tokenizer(self, family, hf_config, model_path):
+        self.calls.append(("tokenizer", self.family.name, family.name))
+        return f"tok-{self.family.name}"
+
+    @hookimpl
+    def vlkit_language_model_spec(self, family, hf_config, model_path):
+        from vlkit.plugin import LanguageModelSpec
+
+        self.calls.append(("spec", self.family.name, family.name))
+        return LanguageModelSpec("LlamaForCausalLM", {"tag": self.family.name}, str(model_path))
+
+    @hookimpl
+    def vlkit_chat_template_wrapper(self, family, hf_config, model_path, tokenizer, chat_template_config):
+        self.calls.append(("chat", self.family.name, family.name))
+        return ("chat", self.family.name, tokenizer)
+
+    @hookimpl
+    def vlkit_vision_model(self, family, hf_config, model_path, tokenizer):
+        self.calls.append(("vision", self.family.name, family.name))
+        return ("vision", self.family.name, tokenizer)
+
+
+def test_family_hooks_go_only_to_the_owner(tmp_path):
+    """Each checkpoint's hooks reach the plugin that registered its family and no other, in
+    both registration orders, and with no "is this mine" check in the plugins."""
+    from vlkit.config import ChatTemplateConfig
+
+    for order in ((0, 1), (1, 0)):
+        calls = []
+        owners = [_Owner(ModelFamily("fam-a", ("ArchA",)), calls), _Owner(ModelFamily("fam-b", ("ArchB",)), calls)]
+        reg = Registry(load_entry_points=False)
+        for i in order:
+            reg.register(owners[i], f"plugin-{i}")
+        parts = reg.build(tmp_path, {"architectures": ["ArchA"]}, ChatTemplateConfig())
+        assert parts.family.name == "fam-a" and parts.family.plugin == "plugin-0"
+        assert parts.tokenizer == "tok-fam-a" and parts.spec.config == {"tag": "fam-a"}
+        assert parts.chat_template == ("chat", "fam-a", "tok-fam-a")
+        assert parts.vision == ("vision", "fam-a", "tok-fam-a")
+        assert [c[0] for c in calls] == ["tokenizer", "spec", "chat", "vision"]  # the documented order
+        assert all(c[1] == "fam-a" for c in calls), calls  # plugin-1 was never asked
+
+
+def test_owner_falls_back_to_the_core_defaults(tmp_path):
+    """An owner that implements only the vision hook gets the core's tokenizer, spec and chat
+    template; a VLM family whose owner returns no VisionModel is an error naming the plugin."""
+    from vlkit.config import ChatTemplateConfig
+    from vlkit.testing import make_tokenizer, save_tokenizer, tiny_llama_config
+
+    save_tokenizer(make_tokenizer(["<image>"]), tmp_path)
+    (tmp_path / "chat_template.jinja").write_text("{% for m in messages %}{{ m.content[0].text }}{% endfor %}")
+
+    class VisionOnly:
+        def __init__(self, answer):
+            self.answer = answer
+
+        @hookimpl
+        def vlkit_register_families(self):
+            return [ModelFamily("vis", ("VisArch",))]
+
+        @hookimpl
+        def vlkit_vision_model(self, family, hf_config, model_path, tokenizer):
+            return self.answer
+
+    cfg = {"architectures": ["VisArch"], "text_config": tiny_llama_config()}
+    reg = Registry(load_entry_points=False)
+    reg.register(VisionOnly("vision"), "vis-plugin")
+    parts = reg.build(tmp_path, cfg, ChatTemplateConfig())
+    assert parts.tokenizer.convert_tokens_to_ids("<image>") is not None  # AutoTokenizer, the fallback
+    assert parts.spec.architecture == "LlamaForCausalLM"  # from text_config
+    assert parts.chat_template.template_name == "checkpoint"
+    reg = Registry(load_entry_points=False)
+    reg.register(VisionOnly(None), "vis-plugin")
+    with pytest.raises(ValueError, match="'vis-plugin' returned no VisionModel"):
+        reg.build(tmp_path, cfg, ChatTemplateConfig())

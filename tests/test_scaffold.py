@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from vlkit import scaffold as scaffold_module
-from vlkit.scaffold import ScaffoldError, scaffold, template_dir, validate_name
+from vlkit.cli import scaffold as scaffold_module
+from vlkit.cli.scaffold import ScaffoldError, scaffold, template_dir, validate_name
 
 try:
     import tomllib
@@ -270,7 +270,7 @@ def installed_foo(tmp_path: Path):
         yield pkg
     finally:
         _pip("uninstall", "-y", "vlkit-plugin-foo")
-        from vlkit.registry import reset_registry
+        from vlkit.contract.registry import reset_registry
 
         reset_registry()
 
@@ -320,7 +320,7 @@ def test_wheel_ships_the_template_and_scaffold_runs_from_it(tmp_path: Path) -> N
     env = _env()
     env["PYTHONPATH"] = os.pathsep.join([str(site), sysconfig.get_paths()["purelib"]])
     code = (
-        "import sys, vlkit, vlkit.scaffold as s; "
+        "import sys, vlkit, vlkit.cli.scaffold as s; "
         "print(vlkit.__file__); print(s.template_dir()); print(s.scaffold('foo', sys.argv[1], no_input=True))"
     )
     r = subprocess.run(

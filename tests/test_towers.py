@@ -53,7 +53,7 @@ def test_wrong_image_size_and_layers_are_named(clip):
 def test_vision_model_load_weights_checks_names_and_shapes(tmp_path):
     from accelerate import init_empty_weights
 
-    from vlkit.vision import VisionModel
+    from vlkit.contract.vision import VisionModel
 
     class Tiny(VisionModel):
         build_preprocessor = build_model = preprocess = forward = None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vlkit.api.media import encode_image_base64, load_image
 from vlkit.config import (
     ChatTemplateConfig,
     EngineConfig,
@@ -15,9 +16,8 @@ from vlkit.config import (
     TurbomindEngineConfig,
     VisionConfig,
 )
-from vlkit.hookspecs import hookimpl
-from vlkit.media import encode_image_base64, load_image
-from vlkit.messages import IMAGE_TOKEN
+from vlkit.contract.hookspecs import hookimpl
+from vlkit.contract.messages import IMAGE_TOKEN
 
 __version__ = "0.1.0"
 
@@ -39,10 +39,10 @@ __all__ = [
     "pipeline",
 ]
 
-_LAZY = {"pipeline": "vlkit.api", "Pipeline": "vlkit.api", "Session": "vlkit.api", "Response": "vlkit.api"}
+_LAZY = {"pipeline": "vlkit.api.pipeline", "Pipeline": "vlkit.api.pipeline", "Session": "vlkit.api.pipeline", "Response": "vlkit.api.pipeline"}
 
 if TYPE_CHECKING:  # pragma: no cover
-    from vlkit.api import Pipeline, Response, Session, pipeline
+    from vlkit.api.pipeline import Pipeline, Response, Session, pipeline
 
 
 def __getattr__(name: str) -> Any:

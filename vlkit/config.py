@@ -129,7 +129,9 @@ class VisionConfig:
     """How images are encoded.
 
     Args:
-        max_batch_size: most images the VisionModel encodes in one forward.
+        max_batch_size: most tiles the VisionModel encodes in one forward (an image counts as
+            its ``ImageItem.num_tiles``: 1, or its crops for tiling families; an image with more
+            tiles than this is encoded alone).
         feature_cache_size: encoded images kept, keyed by content hash (LRU); 0 disables.
         max_image_pixels: images with more pixels are refused (decompression bombs).
         url_timeout: seconds to wait for an http(s) image.

@@ -67,7 +67,7 @@ def test_engine_layers_are_packed_and_release_the_dense_copy():
 @needs_onednn
 def test_a_pipelines_vision_model_is_packed_on_cpu_fp32(tmp_path):
     import vlkit
-    from vlkit.registry import get_registry
+    from vlkit.contract.registry import get_registry
 
     try:
         fam = get_registry().get_family("llava")

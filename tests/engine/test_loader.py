@@ -13,7 +13,9 @@ from safetensors.torch import load_file, save_file
 
 from vlkit.config import EngineConfig
 from vlkit.engine import LLMEngine
-from vlkit.loader import WeightLoadError, checkpoint_files, load_backbone, text_model_spec
+from vlkit.engine.loader import checkpoint_files, load_backbone, text_model_spec
+from vlkit.layers.weights import WeightLoadError
+from vlkit.models.llama import LlamaForCausalLM
 from vlkit.models.spec import LanguageModelSpec
 
 
@@ -107,6 +109,21 @@ def test_spec_prefix_mapping_skips_other_tensors(tmp_path, llama_path, reference
         torch.testing.assert_close(eng.get_logits(prompts(1)[0]), reference_logits)
 
 
+def test_spec_that_maps_nothing_says_so(llama_path):
+    """A family whose spec prefixes match no tensor (or rename to names the backbone lacks) gets
+    told that, with the prefixes it gave and names the checkpoint has, not just 'all missing'."""
+    base = text_model_spec(llama_path)
+    wrong_src = LanguageModelSpec(base.architecture, base.config, llama_path,
+                                  weight_prefixes=(("language_model.model.", "model."),))
+    with pytest.raises(WeightLoadError, match=r"matched the spec's weight_prefixes \('language_model\.model\.' "
+                                              r"-> 'model\.'\); its tensors are named like \['") as ei:
+        load_backbone(wrong_src)
+    assert "model.embed_tokens.weight" in str(ei.value) or "model.layers.0" in str(ei.value)
+    wrong_dst = LanguageModelSpec(base.architecture, base.config, llama_path, weight_prefixes=(("model.", "llm."),))
+    with pytest.raises(WeightLoadError, match=r"renamed tensors .* to names like \['llm\."):
+        load_backbone(wrong_dst)
+
+
 def test_text_model_spec(llama_path):
     spec = text_model_spec(llama_path)
     assert spec.architecture == "LlamaForCausalLM"
@@ -114,17 +131,28 @@ def test_text_model_spec(llama_path):
     assert spec.rename("model.norm.weight") == "model.norm.weight"
 
 
-def test_plugin_backbone_lookup(monkeypatch):
-    import vlkit.registry as registry
+class PluginBackbone(LlamaForCausalLM):
+    """A backbone a plugin adds (module level, so workers can import it by name)."""
+
+
+def test_plugin_backbone_lookup():
+    from vlkit.contract.hookspecs import hookimpl
+    from vlkit.contract.registry import Registry
     from vlkit.models.backbones import get_backbone_class
-    from vlkit.models.llama import LlamaForCausalLM
 
-    class MyBackbone(LlamaForCausalLM):
-        pass
+    class Plugin:
+        @staticmethod
+        @hookimpl
+        def vlkit_language_backbones():
+            return {"QWenLMHeadModel": PluginBackbone, "LlamaForCausalLM": PluginBackbone}
 
-    monkeypatch.setattr(registry, "language_backbones", lambda: {"QWenLMHeadModel": MyBackbone,
-                                                                 "LlamaForCausalLM": MyBackbone})
-    assert get_backbone_class("QWenLMHeadModel") is MyBackbone
-    assert get_backbone_class("LlamaForCausalLM") is LlamaForCausalLM  # built-ins win
+    reg = Registry(load_entry_points=False)
+    reg.register(Plugin, name="backbones")
+    spec = reg._with_backbone(LanguageModelSpec("QWenLMHeadModel", {}, "/x"))
+    assert spec.backbone == f"{__name__}:PluginBackbone"  # workers import it from this string alone
+    assert get_backbone_class(spec.architecture, spec.backbone) is PluginBackbone
+    assert reg._with_backbone(LanguageModelSpec("LlamaForCausalLM", {}, "/x")).backbone == ""
+    assert get_backbone_class("LlamaForCausalLM", "elsewhere:Other") is LlamaForCausalLM  # built-ins win
+    assert "QWenLMHeadModel" in reg.text_architectures()
     with pytest.raises(ValueError, match="NoSuchLM"):
         get_backbone_class("NoSuchLM")

@@ -10,6 +10,7 @@ from vlkit.config import EngineConfig, GenerationConfig
 from vlkit.engine import LLMEngine
 from vlkit.engine.sampling import Sampler
 from vlkit.engine.sequence import Request, Sequence
+from vlkit.engine.stopping import StopCriteria
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +61,7 @@ def test_stop_token_ids_and_eos(engine):
     out = engine.generate(p, GenerationConfig(max_new_tokens=16, stop_token_ids=[stop], ignore_eos=True))
     assert out.token_ids == full[: first + 1] and out.finish_reason == "stop"
     # the same token as EOS stops too, unless ignore_eos
-    engine.sampler.eos_token_ids.add(stop)
-    engine.eos_token_ids.add(stop)
+    engine.stopping.eos_token_ids.add(stop)
     try:
         out = engine.generate(p, GenerationConfig(max_new_tokens=16))
         assert out.token_ids == full[: first + 1] and out.finish_reason == "stop"
@@ -73,8 +73,7 @@ def test_stop_token_ids_and_eos(engine):
         assert stop not in out.token_ids[: first + 3]
         assert out.token_ids[:first] == full[:first]
     finally:
-        engine.sampler.eos_token_ids.discard(stop)
-        engine.eos_token_ids.discard(stop)
+        engine.stopping.eos_token_ids.discard(stop)
 
 
 def test_max_new_tokens_and_zero(engine):
@@ -99,7 +98,7 @@ def test_logprobs_are_log_softmax(engine):
 
 
 def _seq(token_ids, **gen):
-    return Sequence(Request("x", token_ids, GenerationConfig(**gen)))
+    return Sequence(Request(token_ids, GenerationConfig(**gen), "x"))
 
 
 def test_repetition_penalty_matches_hf():
@@ -108,7 +107,7 @@ def test_repetition_penalty_matches_hf():
     torch.manual_seed(0)
     logits = torch.randn(2, 50)
     seqs = [_seq([1, 4, 4, 9], repetition_penalty=1.3), _seq([2, 3], repetition_penalty=0.8)]
-    tokens = Sampler(set())(logits.clone(), seqs).token_ids
+    tokens = Sampler(StopCriteria(set(), 1 << 20))(logits.clone(), seqs).token_ids
     for i, s in enumerate(seqs):
         proc = RepetitionPenaltyLogitsProcessor(s.gen_config.repetition_penalty)
         ref = proc(torch.tensor([s.token_ids]), logits[i : i + 1].clone())
@@ -121,11 +120,11 @@ def test_top_p_min_p_keep_only_allowed_tokens():
     for seed in range(200):
         s = _seq([0], do_sample=True, top_p=0.7, random_seed=seed)
         s.generator = torch.Generator().manual_seed(seed)
-        seen.add(Sampler(set())(logits.clone(), [s]).token_ids[0])
+        seen.add(Sampler(StopCriteria(set(), 1 << 20))(logits.clone(), [s]).token_ids[0])
     assert seen == {0, 1}  # 0.5 + 0.3 reaches 0.7
     seen = set()
     for seed in range(200):
         s = _seq([0], do_sample=True, min_p=0.25)
         s.generator = torch.Generator().manual_seed(seed)
-        seen.add(Sampler(set())(logits.clone(), [s]).token_ids[0])
+        seen.add(Sampler(StopCriteria(set(), 1 << 20))(logits.clone(), [s]).token_ids[0])
     assert seen == {0, 1, 2}  # 0.05 < 0.25 * 0.5

@@ -11,8 +11,8 @@ import pytest
 from engine_helpers import prompts
 
 from vlkit.config import EngineConfig, GenerationConfig
-from vlkit.distributed import WorkerDiedError
 from vlkit.engine import LLMEngine
+from vlkit.engine.workers import WorkerDiedError
 
 GEN = GenerationConfig(max_new_tokens=12, ignore_eos=True)
 

@@ -271,3 +271,38 @@ def test_metrics_exposition(server):
         assert f"# TYPE {name}" in text
     for name in ("vlkit_prefix_cache_hit_tokens_total", "vlkit_preemptions_total"):
         assert f"# TYPE {name} counter" in text  # Prometheus: a _total is a counter
+
+
+def _stop_across_tokens(pipe, messages, max_tokens):
+    """A stop string made of the last character of one streamed piece of text and the first of
+    the next, whose first occurrence is at that boundary; and the text before it."""
+    gen = vlkit.GenerationConfig(max_new_tokens=max_tokens)
+    pieces = [d.text for d in pipe.stream_infer([messages], gen_config=gen) if d.text]
+    full = "".join(pieces)
+    for i in range(len(pieces) - 1):
+        before = "".join(pieces[: i + 1])
+        stop = before[-1] + pieces[i + 1][0]
+        if not stop.isspace() and full.find(stop) == len(before) - 1:
+            return stop, before[:-1]
+    raise AssertionError(f"no usable boundary in {pieces}: pick another prompt")
+
+
+def test_stop_string_across_tokens_is_cut_once_everywhere(server, pipe, images):
+    """A stop string that spans two tokens ends the text right before it, once, in the
+    pipeline's blocking and streaming calls and in the server's plain and streamed replies."""
+    msgs = _messages("hello", images[0])
+    stop, want = _stop_across_tokens(pipe, msgs, 24)
+    gen = vlkit.GenerationConfig(max_new_tokens=24, stop_words=[stop])
+    blocking = pipe(msgs, gen_config=gen)
+    assert blocking.text == want and blocking.finish_reason == "stop"
+    streamed = list(pipe.stream_infer([msgs], gen_config=gen))
+    assert "".join(d.text for d in streamed) == want
+    assert streamed[-1].finish_reason == "stop"
+
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none")
+    r = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=24, temperature=0, stop=[stop])
+    assert r.choices[0].message.content == want and r.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model="tiny", messages=msgs, max_tokens=24, temperature=0,
+                                                 stop=[stop], stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == want
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"

@@ -135,7 +135,7 @@ def run_hf(path: str, prompts: list[list[int]], new_tokens: int) -> dict[str, fl
 def run_vlkit(path: str, prompts: list[list[int]], new_tokens: int, engine_kwargs: dict | None = None) -> dict[str, Any]:
     from vlkit.config import EngineConfig, GenerationConfig
     from vlkit.engine.engine import LLMEngine
-    from vlkit.loader import text_model_spec
+    from vlkit.engine.loader import text_model_spec
 
     blocks = sum(-(-(len(p) + new_tokens) // 16) for p in prompts) + 8
     cfg = EngineConfig(device="cpu", dtype="float32", num_blocks=blocks, **(engine_kwargs or {}))

@@ -50,7 +50,7 @@ def _requests(n: int, seed: int = 0) -> list[tuple[str, bytes]]:
 
 
 def write_w1_llava(directory: str | Path) -> Path:
-    from vlkit.registry import get_registry
+    from vlkit.contract.registry import get_registry
 
     fam = get_registry().get_family("llava")
     return fam.tiny_checkpoint(Path(directory), size="w1")

@@ -135,7 +135,7 @@ def run_w2(sessions: int = 8, turns: int = 4, new_tokens: int = 32, checkpoint_d
 def run_w3(num_images: int = 32, batch_sizes: tuple[int, ...] = (1, 16), repeats: int = 3,
            checkpoint_dir: str | None = None) -> dict[str, Any]:
     import vlkit
-    from vlkit.messages import ImageRef
+    from vlkit.contract.messages import ImageRef
 
     pngs = [png for _, png in _requests(num_images, seed=200)]
     results = []

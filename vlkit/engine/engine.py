@@ -19,9 +19,7 @@ they share one lock (a call waits for at most the step in progress).
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Sequence as Seq
@@ -38,6 +36,7 @@ from vlkit.engine.runner import ModelRunner, resolve_device, resolve_dtype
 from vlkit.engine.sampling import Sampler, make_generator
 from vlkit.engine.scheduler import Scheduler
 from vlkit.engine.sequence import Request, ScheduledChunk, Sequence, SequenceStatus
+from vlkit.engine.stopping import StopCriteria, checkpoint_eos_ids
 from vlkit.models.spec import LanguageModelSpec
 
 logger = logging.getLogger(__name__)
@@ -52,26 +51,21 @@ def sliding_window(config: dict[str, Any]) -> int | None:
     return int(window)
 
 
-def _as_id_list(x: Any) -> list[int]:
-    if x is None:
-        return []
-    if isinstance(x, int):
-        return [x]
-    return [int(i) for i in x]
-
-
 class LLMEngine:
     """Runs one language model with paged KV cache, continuous batching and prefix caching.
 
     Args:
         spec: the language model (a family's :class:`LanguageModelSpec`, or
-            :func:`vlkit.loader.text_model_spec` for a text checkpoint).
+            :func:`vlkit.engine.loader.text_model_spec` for a text checkpoint).
         engine_config: see :class:`vlkit.config.EngineConfig`.
         tokenizer: an HF tokenizer; enables string prompts, ``RequestOutput.text`` and
             ``stop_words``.
+        stop_token_ids: ids every request stops on besides the checkpoint's EOS ids (the
+            pipeline passes its chat template's, e.g. ``<|im_end|>``); ``ignore_eos`` ignores both.
     """
 
-    def __init__(self, spec: LanguageModelSpec, engine_config: EngineConfig | None = None, tokenizer: Any = None):
+    def __init__(self, spec: LanguageModelSpec, engine_config: EngineConfig | None = None, tokenizer: Any = None,
+                 stop_token_ids: list[int] | None = None):
         cfg = engine_config or EngineConfig()
         self.spec = spec
         self.engine_config = cfg
@@ -126,8 +120,9 @@ class LLMEngine:
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, cfg.max_batch_size, cfg.max_prefill_token_num,
                                    recompute_above=self.runner.longrope_threshold)
-        self.eos_token_ids = self._eos_ids()
-        self.sampler = Sampler(self.eos_token_ids)
+        eos = checkpoint_eos_ids(spec.model_path, spec.config, tokenizer) | set(stop_token_ids or ())
+        self.stopping = StopCriteria(eos, self.session_len)
+        self.sampler = Sampler(self.stopping)
         self._seqs: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []
 
@@ -136,7 +131,7 @@ class LLMEngine:
         cls, model_path: str, engine_config: EngineConfig | None = None, *, load_tokenizer: bool = True
     ) -> LLMEngine:
         """An engine for a plain text checkpoint directory, with its HF tokenizer when it has one."""
-        from vlkit.loader import text_model_spec
+        from vlkit.engine.loader import text_model_spec
 
         spec = text_model_spec(model_path)
         tokenizer = None
@@ -149,19 +144,6 @@ class LLMEngine:
                 logger.warning("no tokenizer loaded from %s: %s", model_path, e)
         return cls(spec, engine_config, tokenizer)
 
-    def _eos_ids(self) -> set[int]:
-        ids = set(_as_id_list(self.spec.config.get("eos_token_id")))
-        gen_path = os.path.join(self.spec.model_path, "generation_config.json")
-        if os.path.isfile(gen_path):
-            try:
-                with open(gen_path) as f:
-                    ids |= set(_as_id_list(json.load(f).get("eos_token_id")))
-            except (OSError, ValueError):
-                pass
-        if self.tokenizer is not None and getattr(self.tokenizer, "eos_token_id", None) is not None:
-            ids.add(int(self.tokenizer.eos_token_id))
-        return ids
-
     # -- requests -----------------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[int]:
         if self.tokenizer is None:
@@ -173,33 +155,35 @@ class LLMEngine:
         request_id: str | None,
         prompt_token_ids: list[int] | str,
         gen_config: GenerationConfig | None = None,
-        *,
-        input_embeddings: list[torch.Tensor] | None = None,
-        embedding_ranges: list[tuple[int, int]] | None = None,
-        embedding_hashes: list[str] | None = None,
-        mrope_positions: torch.Tensor | None = None,
-        mrope_position_delta: int = 0,
+        **inputs: Any,
     ) -> str:
-        """Queue a request; returns its id (a new uuid when ``request_id`` is None).
+        """Queue a request from its parts; returns its id (a new uuid when ``request_id`` is None).
 
         Args:
             prompt_token_ids: token ids, or a string the tokenizer encodes (``tokenizer(prompt)``).
             gen_config: defaults to ``GenerationConfig()``.
-            input_embeddings / embedding_ranges / embedding_hashes / mrope_positions /
-                mrope_position_delta: see :class:`vlkit.engine.sequence.Request`.
+            inputs: the other fields of :class:`~vlkit.engine.sequence.Request`
+                (``input_embeddings``, ``embedding_ranges``, ``embedding_hashes``,
+                ``mrope_positions``, ``mrope_position_delta``).
+
+        Raises:
+            ValueError: see :meth:`add`.
+        """
+        prompt = prompt_token_ids
+        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        rid = "" if request_id is None else str(request_id)
+        return self.add(Request(ids, gen_config or GenerationConfig(), rid, **inputs))
+
+    def add(self, req: Request) -> str:
+        """Queue ``req``; returns its id (a new uuid when ``req.request_id`` is empty).
 
         Raises:
             ValueError: empty prompt, duplicate id, prompt + ``max_new_tokens`` over
                 ``session_len``, a prompt the KV cache can never hold, bad embeddings/positions.
         """
-        gen_config = gen_config or GenerationConfig()
-        prompt = prompt_token_ids
-        ids = self.tokenize(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-        request_id = str(request_id) if request_id is not None else uuid.uuid4().hex
-        req = Request(
-            request_id, ids, gen_config, input_embeddings, embedding_ranges, embedding_hashes,
-            mrope_positions, mrope_position_delta,
-        )
+        if not req.request_id:
+            req.request_id = uuid.uuid4().hex
+        request_id, gen_config, ids = req.request_id, req.gen_config, req.prompt_token_ids
         self._validate(req)
         with self._lock:
             if self._closed:
@@ -239,10 +223,10 @@ class LLMEngine:
                 f"{self.block_size} tokens but the cache has only {self.block_manager.num_total_blocks}; "
                 "raise EngineConfig.num_blocks / cache_max_entry_count or shorten the prompt"
             )
-        embs, ranges = req.input_embeddings or [], req.embedding_ranges or []
+        embs, ranges = req.input_embeddings, req.embedding_ranges
         if len(embs) != len(ranges):
             raise ValueError(f"{len(embs)} input_embeddings but {len(ranges)} embedding_ranges")
-        if req.embedding_hashes is not None and len(req.embedding_hashes) != len(embs):
+        if req.embedding_hashes and len(req.embedding_hashes) != len(embs):
             raise ValueError(f"{len(embs)} input_embeddings but {len(req.embedding_hashes)} embedding_hashes")
         for emb, (s, e) in zip(embs, ranges):
             if not 0 <= s <= e <= n:
@@ -298,20 +282,6 @@ class LLMEngine:
             new_logprobs=new_lp if seq.logprobs is not None else None,
         )
 
-    def _stop_reason(self, seq: Sequence, token: int) -> str | None:
-        cfg = seq.gen_config
-        n = seq.num_output_tokens
-        if n > cfg.min_new_tokens:  # token n-1 may stop once min_new_tokens came before it
-            if token in (cfg.stop_token_ids or ()):
-                return "stop"
-            if not cfg.ignore_eos and token in self.eos_token_ids:
-                return "stop"
-        if seq.detokenizer is not None and seq.detokenizer.add([token]) and n > cfg.min_new_tokens:
-            return "stop"
-        if n >= cfg.max_new_tokens or seq.num_tokens >= self.session_len:
-            return "length"
-        return None
-
     def step(self) -> list[RequestOutput]:
         """Run one scheduling step; return a :class:`RequestOutput` per request that moved
         (got a token, finished or was aborted since the last step)."""
@@ -339,7 +309,7 @@ class LLMEngine:
                 if seq.logprobs is not None:
                     seq.logprobs.append(lp)
                     new_lp = [lp]
-                reason = self._stop_reason(seq, token)
+                reason = self.stopping.reason(seq, token)
                 if reason is not None:
                     self._finish(seq, reason)
                 outputs.append(self._output(seq, [token], new_lp))
@@ -395,8 +365,8 @@ class LLMEngine:
         mrope_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Logits ``[L, vocab]`` (fp32, CPU) of every prompt position, in one prefill."""
-        req = Request("get_logits", list(prompt_token_ids), GenerationConfig(max_new_tokens=0),
-                      input_embeddings, embedding_ranges, None, mrope_positions)
+        req = Request(list(prompt_token_ids), GenerationConfig(max_new_tokens=0), "get_logits",
+                      list(input_embeddings or []), list(embedding_ranges or []), [], mrope_positions)
         self._validate(req)
         with self._lock:
             seq = Sequence(req)

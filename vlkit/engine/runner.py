@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from vlkit.engine.kv_cache import allocate_kv_cache, free_device_bytes
+from vlkit.engine.loader import load_backbone
 from vlkit.engine.sequence import ScheduledChunk, Sequence
 from vlkit.layers.attention import AttentionContext, PrefillChunk, flash_decode_available
 from vlkit.layers.linear import prepack_linears
-from vlkit.loader import load_backbone
 from vlkit.models.spec import LanguageModelSpec
 
 # Most memory the per-step decode KV kept between steps may take (all layers); past it, each
@@ -95,7 +95,7 @@ class ModelRunner:
         self.rank, self.world_size = rank, world_size
         self.workers = None
         if rank == 0 and world_size > 1:
-            from vlkit.distributed import TPWorkers
+            from vlkit.engine.workers import TPWorkers
 
             kwargs = dict(
                 spec=spec,
@@ -105,7 +105,7 @@ class ModelRunner:
                 world_size=world_size,
                 num_threads=num_threads,
             )
-            self.workers = TPWorkers(world_size, {**kwargs, "rank": 0})
+            self.workers = TPWorkers(world_size, ModelRunner, {**kwargs, "rank": 0})
             # each worker gets its own rank through _worker_main -> ModelRunner(rank=...)
         try:
             self.model = load_backbone(spec, self.device, self.dtype)
@@ -300,7 +300,7 @@ class ModelRunner:
             return self._forward(inp)
         except RuntimeError as e:
             if self.workers:
-                from vlkit.distributed import WorkerDiedError
+                from vlkit.engine.workers import WorkerDiedError
 
                 try:
                     self.workers.check_alive()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from vlkit.engine.sequence import Sequence
+from vlkit.engine.stopping import StopCriteria
 
 
 @dataclass
@@ -34,18 +35,11 @@ def make_generator(seed: int | None, device: torch.device) -> torch.Generator:
 
 
 class Sampler:
-    def __init__(self, eos_token_ids: set[int]):
-        self.eos_token_ids = set(eos_token_ids)
+    """Samples every row of a step in one batched op; ``stopping`` says which ids are blocked
+    (``min_new_tokens`` not reached)."""
 
-    def _blocked_ids(self, seq: Sequence) -> list[int]:
-        """Tokens that may not be produced yet (``min_new_tokens`` not reached)."""
-        cfg = seq.gen_config
-        if seq.num_output_tokens >= cfg.min_new_tokens:
-            return []
-        ids = set(cfg.stop_token_ids or [])
-        if not cfg.ignore_eos:
-            ids |= self.eos_token_ids
-        return sorted(ids)
+    def __init__(self, stopping: StopCriteria):
+        self.stopping = stopping
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SampleResult:
@@ -67,7 +61,7 @@ class Sampler:
                 p = penalties[i]
                 logits[i, ids] = torch.where(seen < 0, seen * p, seen / p)
 
-        blocked = [self._blocked_ids(s) for s in seqs]
+        blocked = [self.stopping.blocked_ids(s) for s in seqs]
         if any(blocked):
             for i, ids in enumerate(blocked):
                 if ids:

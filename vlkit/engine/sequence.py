@@ -9,7 +9,9 @@ from typing import Any
 
 import torch
 
-from vlkit.config import GenerationConfig
+from vlkit.engine.request import Request
+
+__all__ = ["Request", "ScheduledChunk", "Sequence", "SequenceStatus"]
 
 _arrival = itertools.count()
 
@@ -18,34 +20,6 @@ class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
-
-
-@dataclass
-class Request:
-    """What a caller submits (see :meth:`vlkit.engine.engine.LLMEngine.add_request`).
-
-    Args:
-        request_id: unique among unfinished requests.
-        prompt_token_ids: the prompt.
-        gen_config: sampling and stopping.
-        input_embeddings: ``[n_i, hidden]`` tensors written over the prompt's token embeddings.
-        embedding_ranges: ``(start, end)`` prompt positions each embedding overwrites
-            (``end - start == n_i``).
-        embedding_hashes: a content hash per embedding; blocks overlapping its range are
-            prefix-cached under it too, so a different image never reuses them.
-        mrope_positions: ``[3, prompt_len]`` M-RoPE position ids of the prompt.
-        mrope_position_delta: generated token ``k`` (0-based) sits at ``prompt_len + k + delta``
-            on all three axes.
-    """
-
-    request_id: str
-    prompt_token_ids: list[int]
-    gen_config: GenerationConfig
-    input_embeddings: list[torch.Tensor] | None = None
-    embedding_ranges: list[tuple[int, int]] | None = None
-    embedding_hashes: list[str] | None = None
-    mrope_positions: torch.Tensor | None = None
-    mrope_position_delta: int = 0
 
 
 class Sequence:
@@ -72,9 +46,9 @@ class Sequence:
         self.generator = generator
         self.logprobs: list[dict[int, float]] | None = [] if req.gen_config.logprobs is not None else None
         self.detokenizer: Any = None
-        self.embeddings = list(req.input_embeddings or [])
-        self.embedding_ranges = [tuple(r) for r in (req.embedding_ranges or [])]
-        self.embedding_hashes = list(req.embedding_hashes or [])
+        self.input_embeddings = list(req.input_embeddings)
+        self.embedding_ranges = [tuple(r) for r in req.embedding_ranges]
+        self.embedding_hashes = list(req.embedding_hashes)
         self.mrope_positions = req.mrope_positions
         self.mrope_delta = int(req.mrope_position_delta)
 
@@ -112,7 +86,7 @@ class Sequence:
     def embedding_slices(self, start: int, end: int) -> list[tuple[int, torch.Tensor]]:
         """``(offset_in_chunk, rows)`` of inputs embeddings that overlap tokens ``[start, end)``."""
         out = []
-        for emb, (s, e) in zip(self.embeddings, self.embedding_ranges):
+        for emb, (s, e) in zip(self.input_embeddings, self.embedding_ranges):
             lo, hi = max(s, start), min(e, end)
             if lo < hi:
                 out.append((lo - start, emb[lo - s : hi - s]))

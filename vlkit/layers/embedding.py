@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlkit.distributed import all_reduce, gather_to_first, tp_rank, tp_world_size
-from vlkit.layers.linear import check_weight_shape, linear
+from vlkit.layers.linear import linear
+from vlkit.layers.tp import all_reduce, gather_to_first, tp_rank, tp_world_size
+from vlkit.layers.weights import check_weight_shape
 
 
 class VocabParallelEmbedding(nn.Module):

@@ -1,7 +1,7 @@
 """Linear layers, plain and tensor-parallel, each with the ``weight_loader`` that slices its shard.
 
 Every parameter gets a ``weight_loader(param, loaded_weight, shard_id=None)`` attribute: it takes
-the *full* checkpoint tensor, checks its shape (raising :class:`vlkit.loader.WeightShapeError`
+the *full* checkpoint tensor, checks its shape (raising :class:`vlkit.layers.weights.WeightShapeError`
 naming the expected full shape), slices this rank's part and copies it in. Packed layers (merged
 gate/up, fused QKV) take a ``shard_id`` naming which part the tensor is, and list the shard ids
 they expect in ``param.shard_ids`` so the loader can report a missing one.
@@ -21,13 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlkit.distributed import all_reduce, tp_rank, tp_world_size
-from vlkit.loader import WeightShapeError
-
-
-def check_weight_shape(param: nn.Parameter, expected: tuple[int, ...], got: torch.Tensor) -> None:
-    if tuple(got.shape) != tuple(expected):
-        raise WeightShapeError(tuple(expected), tuple(got.shape))
+from vlkit.layers.tp import all_reduce, tp_rank, tp_world_size
+from vlkit.layers.weights import check_weight_shape
 
 
 def _copy(param: nn.Parameter, dst: torch.Tensor, src: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""Architecture name -> backbone class: the built-in table merged with plugins' backbones."""
+"""Architecture name -> backbone class, and config ``model_type`` -> architecture (one table each)."""
 
 from __future__ import annotations
 
@@ -20,33 +20,24 @@ MODEL_TYPES: dict[str, str] = {
     "qwen2": "Qwen2ForCausalLM",
     "internlm2": "InternLM2ForCausalLM",
     "phi3": "Phi3ForCausalLM",
+    "vicuna": "LlamaForCausalLM",
 }
 
 
-def _plugin_backbones() -> dict[str, type]:
-    try:
-        from vlkit.registry import language_backbones
-
-        extra = language_backbones()
-        return dict(extra) if extra else {}
-    except Exception:
-        return {}
-
-
 def supported_architectures() -> list[str]:
-    return sorted(set(BUILTIN_BACKBONES) | set(_plugin_backbones()))
+    """Architectures the core's backbones serve (plugins add theirs through the registry)."""
+    return sorted(BUILTIN_BACKBONES)
 
 
-def get_backbone_class(architecture: str) -> type:
-    """The backbone class for ``architecture`` (built-ins win over plugins on a name clash)."""
-    target = BUILTIN_BACKBONES.get(architecture)
-    if target is not None:
-        module, cls = target.split(":")
-        return getattr(importlib.import_module(module), cls)
-    extra = _plugin_backbones()
-    if architecture in extra:
-        return extra[architecture]
-    raise ValueError(
-        f"no language backbone for architecture {architecture!r}; "
-        f"known: {', '.join(supported_architectures())}"
-    )
+def get_backbone_class(architecture: str, backbone: str = "") -> type:
+    """The backbone class for ``architecture``: the core's, else ``backbone`` (``"module:Class"``,
+    what the registry records in :attr:`LanguageModelSpec.backbone` for a plugin's backbone).
+    Core backbones win a name clash."""
+    target = BUILTIN_BACKBONES.get(architecture) or backbone
+    if not target:
+        raise ValueError(
+            f"no language backbone for architecture {architecture!r}; the core has "
+            f"{', '.join(supported_architectures())} (a plugin adds others with vlkit_language_backbones)"
+        )
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)

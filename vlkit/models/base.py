@@ -24,7 +24,7 @@ index in every attention layer. Set ``num_layers``, ``num_kv_heads`` (per rank) 
 override :meth:`LanguageBackbone.map_weight` to route checkpoint names to parameters.
 
 Tensor parallelism: the parallel layers read the rank and world size from
-:mod:`vlkit.distributed` when constructed and do their own all-reduce / gather in ``forward``,
+:mod:`vlkit.layers.tp` when constructed and do their own all-reduce / gather in ``forward``,
 so a backbone built from them needs no TP code of its own. ``num_kv_heads`` must be the number
 of key/value heads *on this rank* (``QKVParallelLinear.num_kv_heads``). Register the class under
 its HF architecture name through the ``vlkit_language_backbones`` plugin hook.
@@ -41,7 +41,7 @@ from torch import nn
 
 from vlkit.layers.attention import AttentionContext
 from vlkit.layers.linear import default_weight_loader
-from vlkit.loader import WeightLoadError, WeightShapeError
+from vlkit.layers.weights import WeightLoadError, WeightShapeError
 
 
 class LanguageBackbone(nn.Module, ABC):

@@ -28,6 +28,8 @@ class LanguageModelSpec:
             prefix, and tensors matching no pair are ignored (vision tower, projector...). The
             default keeps every name as is.
         exclude_prefixes: names starting with one of these are ignored even if a pair matches.
+        backbone: ``"module:Class"`` of a plugin's backbone for ``architecture`` (set by the
+            registry from ``vlkit_language_backbones``; empty for the core's backbones).
     """
 
     architecture: str
@@ -35,6 +37,7 @@ class LanguageModelSpec:
     model_path: str
     weight_prefixes: tuple[tuple[str, str], ...] = (("", ""),)
     exclude_prefixes: tuple[str, ...] = field(default_factory=tuple)
+    backbone: str = ""
 
     def rename(self, name: str) -> str | None:
         """Map a checkpoint tensor name to the backbone's name, or ``None`` to skip it."""

@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from vlkit.config import GenerationConfig
-from vlkit.messages import RawText
+from vlkit.contract.messages import RawText
 from vlkit.serve.errors import APIError, bad_request
 from vlkit.serve.metrics import Metrics
 
@@ -32,14 +32,15 @@ class ServerConfig:
         api_keys: accepted bearer keys; empty: no authentication.
         max_concurrent_requests: requests in flight at once; more get 429.
         max_body_bytes: larger request bodies get 413.
-        default_max_tokens: when a request gives neither ``max_tokens`` nor ``max_completion_tokens``.
+        default_max_tokens: when a request gives neither ``max_tokens`` nor ``max_completion_tokens``
+            (``None``: :class:`~vlkit.config.GenerationConfig`'s default, the one vlkit has).
     """
 
     model_name: str = "vlkit"
     api_keys: list[str] = field(default_factory=list)
     max_concurrent_requests: int = 256
     max_body_bytes: int = 32 * 1024 * 1024
-    default_max_tokens: int = 512
+    default_max_tokens: int | None = None
 
 
 def _num(body: dict[str, Any], name: str, kind: type, lo: float | None = None, hi: float | None = None) -> Any:
@@ -55,7 +56,7 @@ def _num(body: dict[str, Any], name: str, kind: type, lo: float | None = None, h
     return v
 
 
-def generation_config(body: dict[str, Any], default_max_tokens: int) -> GenerationConfig:
+def generation_config(body: dict[str, Any], default_max_tokens: int | None = None) -> GenerationConfig:
     """OpenAI request fields -> GenerationConfig (400 naming the field on bad values)."""
     max_tokens = _num(body, "max_completion_tokens", int, 0) or _num(body, "max_tokens", int, 0)
     temperature = _num(body, "temperature", float, 0, 2)
@@ -79,8 +80,10 @@ def generation_config(body: dict[str, Any], default_max_tokens: int) -> Generati
     do_sample = temperature is None or temperature > 0
     if temperature is None:
         temperature = 1.0
+    if max_tokens is None:
+        max_tokens = default_max_tokens
     return GenerationConfig(
-        max_new_tokens=max_tokens if max_tokens is not None else default_max_tokens,
+        **({} if max_tokens is None else {"max_new_tokens": max_tokens}),
         do_sample=do_sample and temperature > 0,
         temperature=temperature if temperature > 0 else 1.0,
         top_p=top_p if top_p not in (None, 0) else 1.0,
@@ -95,8 +98,8 @@ def generation_config(body: dict[str, Any], default_max_tokens: int) -> Generati
 
 
 def create_app(pipe: Any, config: ServerConfig | None = None) -> Any:
-    """The FastAPI app serving ``pipe`` (a :class:`vlkit.api.Pipeline`)."""
-    from vlkit.messages import MessageError
+    """The FastAPI app serving ``pipe`` (a :class:`vlkit.api.pipeline.Pipeline`)."""
+    from vlkit.contract.messages import MessageError
 
     cfg = config or ServerConfig()
     app = FastAPI(title="vlkit", version=_version())

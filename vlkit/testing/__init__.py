@@ -41,7 +41,12 @@ Images (:mod:`vlkit.testing.images`)
     ``make_image(w, h, mode, seed)`` (textured, deterministic), ``image_set()`` (named cases:
     square, wide, tall, tiny, large, RGBA, L, P, LA, CMYK, I;16, EXIF-rotated JPEG),
     ``exif_rotated_jpeg()``, ``upright_size``, ``image_bytes``, ``data_uri``,
-    ``corrupt_image_bytes`` and ``truncated_image_bytes`` (bad input).
+    ``corrupt_image_bytes`` and ``truncated_image_bytes`` (bad input); ``as_vlkit_decodes(img)``
+    (the RGB image vlkit hands a VisionModel, for feeding a reference the same pixels).
+
+Hooks (:mod:`vlkit.testing.hooks`)
+    ``call_hook(hook, family, **kwargs)`` calls one family's hook as the core does (its owner
+    only, then the core's fallback).
 
 Names are importable from ``vlkit.testing`` directly; submodules load on first use, so
 importing the package costs nothing until a helper is used.
@@ -49,35 +54,19 @@ importing the package costs nothing until a helper is used.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from vlkit._lazy import lazy_exports
 
-_EXPORTS = {
-    "tokenizer": ("CHATML_TEMPLATE", "make_chatml_tokenizer", "make_tokenizer", "save_tokenizer"),
-    "checkpoint": ("legacy_config", "random_state_dict", "write_bin", "write_chat_template", "write_config",
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    ".tokenizer": ("CHATML_TEMPLATE", "make_chatml_tokenizer", "make_tokenizer", "save_tokenizer"),
+    ".checkpoint": ("legacy_config", "random_state_dict", "write_bin", "write_chat_template", "write_config",
                    "write_json", "write_preprocessor_config", "write_safetensors"),
-    "text": ("INTERNLM2_CHAT_TEMPLATE", "internlm2_config_from_llama", "internlm2_state_dict_to_llama",
+    ".text": ("INTERNLM2_CHAT_TEMPLATE", "internlm2_config_from_llama", "internlm2_state_dict_to_llama",
              "llama_state_dict_to_internlm2", "load_internlm2_as_llama", "tiny_llama_config", "tiny_qwen2_config",
              "write_tiny_internlm2", "write_tiny_llama", "write_tiny_qwen2"),
-    "vision": ("CLIP_MEAN", "CLIP_STD", "SIGLIP_MEAN", "SIGLIP_STD", "clip_image_processor_config", "siglip_image_processor_config",
+    ".vision": ("CLIP_MEAN", "CLIP_STD", "SIGLIP_MEAN", "SIGLIP_STD", "clip_image_processor_config", "siglip_image_processor_config",
                "tiny_clip_vision_config", "tiny_siglip_vision_config", "write_tiny_clip_vision",
                "write_tiny_siglip_vision"),
-    "images": ("corrupt_image_bytes", "data_uri", "exif_rotated_jpeg", "image_bytes", "image_set", "make_image",
+    ".hooks": ("call_hook",),
+    ".images": ("as_vlkit_decodes", "corrupt_image_bytes", "data_uri", "exif_rotated_jpeg", "image_bytes", "image_set", "make_image",
                "truncated_image_bytes", "upright_size"),
-}
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'vlkit.testing' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+})

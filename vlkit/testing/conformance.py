@@ -37,6 +37,13 @@ Optional class attributes
     ``skip_tests`` (``{"test_name": "why"}``: documented skips), ``image_kinds`` (which
     :func:`make_test_image` kinds the size/format test runs).
 
+Helpers for a plugin's own tests
+    ``user_turn(text, images, reference=False)`` (one HF-form user message, images first; with
+    ``reference=True`` the images as the reference gets them; a multi-turn conversation is
+    ``user_turn(...) + [{"role": "assistant", ...}] + user_turn(...)``), :func:`make_test_image`
+    and :func:`upright_rgb`. ``run_case``, ``check_prompt`` and ``check_greedy`` compare one
+    case of your own with the reference, as the inherited tests do.
+
 Checkpoint, pipeline and reference are class-scoped fixtures: each subclass builds them once.
 The pipeline runs on CPU in float32 so that parity is exact to fp32 rounding.
 """
@@ -51,9 +58,10 @@ from typing import Any, ClassVar
 
 import pytest
 
-from vlkit.messages import IMAGE_TOKEN
+from vlkit.contract.messages import IMAGE_TOKEN
 
-__all__ = ["IMAGE_KINDS", "Reference", "TransformersReference", "VLMConformanceSuite", "make_test_image"]
+__all__ = ["IMAGE_KINDS", "Reference", "TransformersReference", "VLMConformanceSuite", "make_test_image", "upright_rgb",
+           "user_turn"]
 
 
 @dataclass
@@ -151,7 +159,7 @@ def upright_rgb(image: Any) -> Any:
     """What the reference processor is given for a test image.
 
     Bytes are decoded and EXIF orientation applied (transformers' processors do neither).
-    Images with transparency and 16-bit images go through :func:`vlkit.media.to_rgb`
+    Images with transparency and 16-bit images go through :func:`vlkit.api.media.to_rgb`
     (alpha composited on white): transformers changed its own rule between versions (5.17
     drops alpha, 5.23 composites on white) and cannot convert 16-bit images; vlkit's rule is
     the core's, the same for every family. Other modes (L, P, CMYK) are given as they are, so
@@ -168,13 +176,13 @@ def upright_rgb(image: Any) -> Any:
         image.load()
     image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16") or image.mode in ("I", "RGBA", "LA", "PA") or "transparency" in image.info:
-        from vlkit.media import to_rgb
+        from vlkit.api.media import to_rgb
 
         image = to_rgb(image)
     return image
 
 
-def _messages(text: str, images: list[Any], reference: bool) -> list[dict[str, Any]]:
+def user_turn(text: str, images: list[Any], reference: bool = False) -> list[dict[str, Any]]:
     """One user turn, images first. ``reference``: the images as :func:`upright_rgb` gives them.
 
     On the vlkit side a ``data:`` URI string becomes an OpenAI ``image_url`` part; everything
@@ -221,7 +229,7 @@ class VLMConformanceSuite:
         """Write the tiny checkpoint under test into ``directory``; return its path."""
         if self.family is None:
             raise NotImplementedError(f"{type(self).__name__}: set `family` or override make_checkpoint()")
-        from vlkit.registry import get_registry
+        from vlkit.contract.registry import get_registry
 
         fam = get_registry().get_family(self.family)
         if fam.tiny_checkpoint is None:
@@ -308,8 +316,8 @@ class VLMConformanceSuite:
         )
 
     def run_case(self, pipe: Any, reference: Any, eos: set[int], text: str, images: list[Any], what: str) -> Any:
-        ref = reference(_messages(text, images, True), self.max_new_tokens)
-        prompt = _messages(text, images, False)
+        ref = reference(user_turn(text, images, True), self.max_new_tokens)
+        prompt = user_turn(text, images, False)
         self.check_prompt(pipe, ref, prompt)
         r = pipe(prompt, gen_config=self.gen_config(), use_tqdm=False)
         self.check_greedy(r, ref, eos, what)
@@ -318,22 +326,22 @@ class VLMConformanceSuite:
     # -- prompt ids --------------------------------------------------------------------------
     def test_prompt_ids_one_image(self, pipe: Any, reference: Any) -> None:
         img = make_test_image("wide")
-        ref = reference(_messages("What is in this image?", [img], True), 1)
-        self.check_prompt(pipe, ref, _messages("What is in this image?", [img], False))
+        ref = reference(user_turn("What is in this image?", [img], True), 1)
+        self.check_prompt(pipe, ref, user_turn("What is in this image?", [img], False))
 
     def test_prompt_ids_two_images(self, pipe: Any, reference: Any) -> None:
         imgs = [make_test_image("square"), make_test_image("tall")]
-        ref = reference(_messages("Compare the two pictures.", imgs, True), 1)
-        self.check_prompt(pipe, ref, _messages("Compare the two pictures.", imgs, False))
+        ref = reference(user_turn("Compare the two pictures.", imgs, True), 1)
+        self.check_prompt(pipe, ref, user_turn("Compare the two pictures.", imgs, False))
 
     def test_prompt_ids_multi_turn(self, pipe: Any, reference: Any) -> None:
         img1, img2 = make_test_image("square"), make_test_image("wide", seed=1)
 
         def conv(reference: bool) -> list[dict[str, Any]]:
-            first = _messages("What is this?", [img1], reference)
+            first = user_turn("What is this?", [img1], reference)
             return first + [
                 {"role": "assistant", "content": [{"type": "text", "text": "A red bicycle."}]},
-                *_messages("And this one?", [img2], reference),
+                *user_turn("And this one?", [img2], reference),
             ]
 
         ref = reference(conv(True), 1)
@@ -360,8 +368,8 @@ class VLMConformanceSuite:
             ("Compare these.", [make_test_image("wide", seed=4), make_test_image("tall", seed=5)]),
             ("How many people are there?", [make_test_image("large", seed=6)]),
         ]
-        refs = [reference(_messages(t, ims, True), self.max_new_tokens) for t, ims in cases]
-        rs = pipe([_messages(t, ims, False) for t, ims in cases], gen_config=self.gen_config(), use_tqdm=False)
+        refs = [reference(user_turn(t, ims, True), self.max_new_tokens) for t, ims in cases]
+        rs = pipe([user_turn(t, ims, False) for t, ims in cases], gen_config=self.gen_config(), use_tqdm=False)
         assert len(rs) == 3
         for i, (r, ref) in enumerate(zip(rs, refs)):
             assert r.index == i
@@ -377,10 +385,10 @@ class VLMConformanceSuite:
         import torch
 
         img = make_test_image("tall", seed=2)
-        ref = reference(_messages("Describe it.", [img], True), 1)
+        ref = reference(user_turn("Describe it.", [img], True), 1)
         if ref.logits is None:
             pytest.skip("the reference gives no logits")
-        inputs = pipe.prepare_inputs(_messages("Describe it.", [img], False))
+        inputs = pipe.prepare_inputs(user_turn("Describe it.", [img], False))
         logits = pipe.get_logits(inputs).float().cpu()
         ref_logits = torch.as_tensor(ref.logits).float().cpu()
         vocab = min(logits.shape[-1], ref_logits.shape[-1])
@@ -434,10 +442,10 @@ class VLMConformanceSuite:
             ("Describe it.", [make_test_image("wide", seed=8)]),
             ("Is there any text?", [make_test_image("tall", seed=9)]),
         ]
-        prompts: list[Any] = [_messages(t, ims, False) for t, ims in good]
+        prompts: list[Any] = [user_turn(t, ims, False) for t, ims in good]
         prompts.insert(2, ("Describe.", b"\x89PNG\r\n\x1a\n broken"))
         rs = pipe(prompts, gen_config=self.gen_config(), use_tqdm=False)
         assert [r.index for r in rs] == [0, 1, 2, 3]
         assert rs[2].finish_reason == "error" and rs[2].error
         for r, (t, ims) in zip([rs[0], rs[1], rs[3]], good):
-            self.check_greedy(r, reference(_messages(t, ims, True), self.max_new_tokens), eos_ids, "good request")
+            self.check_greedy(r, reference(user_turn(t, ims, True), self.max_new_tokens), eos_ids, "good request")

@@ -144,3 +144,11 @@ def truncated_image_bytes(seed: int = 0) -> bytes:
     """A real PNG cut in half: ``Image.open`` reads the header, ``load()`` fails."""
     data = image_bytes(make_image(64, 64, "RGB", seed), "PNG")
     return data[: len(data) // 2]
+
+
+def as_vlkit_decodes(img: Image.Image) -> Image.Image:
+    """``img`` as vlkit hands it to a VisionModel (RGB; transparency composited on white), so a
+    reference can be fed exactly what vlkit decodes."""
+    from vlkit.api.media import to_rgb
+
+    return to_rgb(img)

@@ -9,8 +9,8 @@ import pytest
 from vlkit_plugin_deepseek.testing import original_input_ids, original_prompt
 
 from vlkit.config import ChatTemplateConfig
-from vlkit.messages import IMAGE_TOKEN, to_conversation
-from vlkit.registry import get_registry
+from vlkit.contract.messages import IMAGE_TOKEN, to_conversation
+from vlkit.contract.registry import get_registry
 
 IMG = object()
 

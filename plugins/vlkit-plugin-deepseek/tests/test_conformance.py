@@ -17,10 +17,10 @@ from vlkit.testing.conformance import TransformersReference, VLMConformanceSuite
 class RGBTransformersReference(TransformersReference):
     """transformers' DeepSeek-VL image processors have no RGB conversion (an RGBA, LA, CMYK, P or
     L image fails in ``pad_to_square`` or gives the wrong channel count), so the reference is
-    given the RGB image vlkit decodes (:func:`vlkit.media.to_rgb`, alpha on white)."""
+    given the RGB image vlkit decodes (:func:`vlkit.api.media.to_rgb`, alpha on white)."""
 
     def inputs(self, messages):
-        from vlkit.media import to_rgb
+        from vlkit.api.media import to_rgb
 
         fixed = []
         for m in messages:
@@ -34,7 +34,7 @@ class _PlacedImages:
     """What the suite does not cover: ``IMAGE_TOKEN`` placed in the middle of the text."""
 
     def test_greedy_image_token_in_middle(self, pipe, reference, eos_ids):
-        from vlkit.messages import IMAGE_TOKEN
+        from vlkit.contract.messages import IMAGE_TOKEN
         from vlkit.testing.conformance import make_test_image, upright_rgb
 
         a, b = make_test_image("wide", seed=12), make_test_image("exif_jpeg", seed=13)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 
-from vlkit.registry import find_family, get_registry
+from vlkit.contract.registry import find_family, get_registry
+from vlkit.testing import call_hook
 
 
 def test_families_and_architectures(ckpts):
@@ -17,9 +18,8 @@ def test_families_and_architectures(ckpts):
 
 
 def test_original_language_model_spec(ckpts):
-    pm = get_registry().pm
     cfg = json.loads((ckpts["orig7"] / "config.json").read_text())
-    spec = pm.hook.vlkit_language_model_spec(family=find_family(cfg), hf_config=cfg, model_path=ckpts["orig7"])
+    spec = call_hook("vlkit_language_model_spec", find_family(cfg), hf_config=cfg, model_path=ckpts["orig7"])
     assert spec.architecture == "LlamaForCausalLM"
     assert spec.config["hidden_size"] == 64 and spec.config["tie_word_embeddings"] is False
     assert spec.rename("language_model.model.layers.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
@@ -29,8 +29,7 @@ def test_original_language_model_spec(ckpts):
 
 
 def test_hf_layouts_use_core_default_spec(ckpts):
-    pm = get_registry().pm
     cfg = json.loads((ckpts["hybrid"] / "config.json").read_text())
-    spec = pm.hook.vlkit_language_model_spec(family=find_family(cfg), hf_config=cfg, model_path=ckpts["hybrid"])
+    spec = call_hook("vlkit_language_model_spec", find_family(cfg), hf_config=cfg, model_path=ckpts["hybrid"])
     assert spec.rename("model.language_model.norm.weight") == "model.norm.weight"
     assert spec.rename("model.high_res_vision_alpha") is None

@@ -12,12 +12,11 @@ import torch.nn.functional as F
 from vlkit_plugin_deepseek import checkpoints as C
 from vlkit_plugin_deepseek.vision import DeepseekVisionModel, DeepseekWeightError
 
-from vlkit.config import VisionConfig
-from vlkit.vision import ImageItem
+from vlkit.contract.vision import ImageItem
 
 
 def vision(path):
-    v = DeepseekVisionModel(None, json.loads((path / "config.json").read_text()), path, VisionConfig())
+    v = DeepseekVisionModel(None, json.loads((path / "config.json").read_text()), path)
     v.build_preprocessor()
     v.build_model()
     return v

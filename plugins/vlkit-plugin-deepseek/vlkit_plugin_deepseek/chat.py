@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlkit.chat import ChatTemplateWrapper
+from vlkit.plugin import ChatTemplateWrapper
 
 IMAGE_PLACEHOLDER = "<image_placeholder>"
 

@@ -14,14 +14,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlkit.hookspecs import hookimpl
-from vlkit.registry import ModelFamily, lazy_factory, template_file
+from vlkit.plugin import ModelFamily, hookimpl, lazy_factory, template_file
 
 _PKG = "vlkit_plugin_deepseek"
 FAMILY_HF = "deepseek-vl"
 FAMILY_HYBRID = "deepseek-vl-hybrid"
 FAMILY_ORIGINAL = "deepseek-vl-original"
-_FAMILIES = (FAMILY_HF, FAMILY_HYBRID, FAMILY_ORIGINAL)
 
 
 @hookimpl
@@ -52,25 +50,17 @@ def vlkit_register_families() -> list[ModelFamily]:
     ]
 
 
-def _ours(family: Any) -> bool:
-    return getattr(family, "name", None) in _FAMILIES and getattr(family, "plugin", "deepseek") in ("deepseek", "")
-
-
 @hookimpl
-def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> Any:
-    if not _ours(family):
-        return None
+def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any) -> Any:
     from vlkit_plugin_deepseek.vision import DeepseekVisionModel
 
-    return DeepseekVisionModel(family, hf_config, model_path, vision_config)
+    return DeepseekVisionModel(family, hf_config, model_path, tokenizer)
 
 
 @hookimpl
 def vlkit_chat_template_wrapper(
     family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any, chat_template_config: Any
 ) -> Any:
-    if not _ours(family):
-        return None
     from vlkit_plugin_deepseek.chat import DeepseekHFChatTemplate, DeepseekOriginalChatTemplate
 
     cls = DeepseekOriginalChatTemplate if family.name == FAMILY_ORIGINAL else DeepseekHFChatTemplate
@@ -82,9 +72,9 @@ def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path
     """The original layout keeps a ``LlamaForCausalLM`` under ``language_model.`` with its
     config in ``language_config``. transformers' layouts are left to the core's default
     (``text_config``, ``model.language_model.`` / ``lm_head.``)."""
-    if not _ours(family) or family.name != FAMILY_ORIGINAL:
+    if family.name != FAMILY_ORIGINAL:
         return None
-    from vlkit.models.spec import LanguageModelSpec
+    from vlkit.plugin import LanguageModelSpec
 
     text = hf_config.get("language_config")
     if not isinstance(text, dict):

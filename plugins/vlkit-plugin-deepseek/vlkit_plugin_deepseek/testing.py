@@ -128,7 +128,7 @@ class OriginalDeepseekReference:
     def inputs(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        from vlkit.media import to_rgb  # decoding is the core's: the original code gets what vlkit decodes
+        from vlkit.testing import as_vlkit_decodes  # the original code gets what vlkit decodes
 
         prompt = original_prompt(messages, eos=self.tokenizer.eos_token)
         ids = original_input_ids(prompt, self.tokenizer, self.num_image_tokens)
@@ -136,7 +136,7 @@ class OriginalDeepseekReference:
                   for p in m["content"] if p["type"] == "image"]
         out: dict[str, Any] = {"input_ids": torch.tensor([ids])}
         if images:
-            px = torch.stack([original_pixels(to_rgb(im), self.pre) for im in images])
+            px = torch.stack([original_pixels(as_vlkit_decodes(im), self.pre) for im in images])
             if self.hybrid:
                 out["high_res_pixel_values"], out["pixel_values"] = hybrid_tower_inputs(px, self.cfg)
             else:

@@ -22,8 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlkit.loader import read_tensors
-from vlkit.vision import ImageItem, VisionModel
+from vlkit.plugin import ImageItem, VisionModel, read_tensors
 from vlkit_plugin_deepseek.layout import (
     DeepseekConfigError,
     VisionLayout,
@@ -113,8 +112,8 @@ def _hf_image_processor(path: Path, hybrid: bool) -> Any:
 class DeepseekVisionModel(VisionModel):
     """Vision side of DeepSeek-VL 1.3b / 7b in any of the three layouts."""
 
-    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> None:
-        super().__init__(family, hf_config, model_path, vision_config)
+    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any = None) -> None:
+        super().__init__(family, hf_config, model_path, tokenizer)
         self.layout: VisionLayout = layout_from_config(hf_config)
         self.num_tokens = self.layout.num_tokens
         if self.layout.kind == "original":

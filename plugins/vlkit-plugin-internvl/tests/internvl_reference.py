@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from vlkit.messages import IMAGE_TOKEN
+from vlkit.contract.messages import IMAGE_TOKEN
 from vlkit.testing.conformance import Reference
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

@@ -11,7 +11,7 @@ from vlkit_plugin_internvl.checkpoints import write_tokenizer
 from vlkit_plugin_internvl.hooks import vlkit_register_families
 
 from vlkit.config import ChatTemplateConfig
-from vlkit.messages import IMAGE_TOKEN, to_conversation
+from vlkit.contract.messages import IMAGE_TOKEN, to_conversation
 
 IMG = Image.new("RGB", (8, 8))
 CTX = "<IMG_CONTEXT>"

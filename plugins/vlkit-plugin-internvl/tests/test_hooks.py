@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from vlkit.registry import Registry
+from vlkit.contract.registry import Registry
 
 
 def test_entry_point_registers_both_families():

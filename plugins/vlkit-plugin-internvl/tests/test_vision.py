@@ -14,12 +14,11 @@ from vlkit_plugin_internvl import weights
 from vlkit_plugin_internvl.hooks import original_language_model_spec
 from vlkit_plugin_internvl.vision import InternVLVisionModel, InternVLWeightError
 
-from vlkit.config import VisionConfig
-from vlkit.loader import read_tensors
+from vlkit.engine.loader import read_tensors
 
 
 def build(path: Path) -> InternVLVisionModel:
-    vm = InternVLVisionModel(None, json.loads((path / "config.json").read_text()), path, VisionConfig())
+    vm = InternVLVisionModel(None, json.loads((path / "config.json").read_text()), path)
     vm.build_preprocessor()
     vm.build_model()
     return vm
@@ -85,7 +84,7 @@ def test_config_default_max_dynamic_patch(ckpts, tmp_path):
     from vlkit_plugin_internvl.checkpoints import tiny_internvl_original
 
     path = tiny_internvl_original(tmp_path / "m2", llm="qwen2", hf_checkpoint=ckpts["hf"], max_dynamic_patch=2)
-    vm = InternVLVisionModel(None, json.loads((path / "config.json").read_text()), path, VisionConfig())
+    vm = InternVLVisionModel(None, json.loads((path / "config.json").read_text()), path)
     vm.build_preprocessor()
     assert vm.preprocess([image(300, 300)], [{}])[0].meta["tiles"] == 1
     item = vm.preprocess([image(300, 140)], [{}])[0]  # (3, 1) would fit better, but the config caps at 2

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlkit.chat import ChatTemplateWrapper, TemplateError
-from vlkit.messages import Conversation
+from vlkit.plugin import ChatTemplateWrapper, TemplateError
 
 IMG_START = "<img>"
 IMG_END = "</img>"
@@ -65,28 +64,8 @@ class InternVLChatTemplate(ChatTemplateWrapper):
 class InternVLHFChatTemplate(ChatTemplateWrapper):
     image_marker = IMG_CONTEXT
     image_token = IMG_CONTEXT
+    inline_placed_images = True
     stop_words = ("<|im_end|>",)
 
     def image_text(self, index: int, num_tokens: int, meta: dict[str, Any]) -> str:
         return IMG_START + IMG_CONTEXT * num_tokens + IMG_END
-
-    def template_messages(self, conv: Conversation) -> list[dict[str, Any]]:
-        return [_inline_placed_images(m, self.image_marker) for m in super().template_messages(conv)]
-
-
-def _inline_placed_images(msg: dict[str, Any], marker: str) -> dict[str, Any]:
-    """Images the user placed with IMAGE_TOKEN become the marker inside the text."""
-    content = msg.get("content")
-    if not isinstance(content, list) or not any(p.get("type") == "image" and p.get("placed") for p in content):
-        return msg
-    parts: list[dict[str, Any]] = []
-    for p in content:
-        if p.get("type") == "text" or (p.get("type") == "image" and p.get("placed")):
-            text = p["text"] if p.get("type") == "text" else marker
-            if parts and parts[-1].get("type") == "text":
-                parts[-1] = {"type": "text", "text": parts[-1]["text"] + text}
-            else:
-                parts.append({"type": "text", "text": text})
-        else:
-            parts.append(p)
-    return {**msg, "content": parts}

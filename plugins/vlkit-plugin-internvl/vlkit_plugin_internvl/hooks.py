@@ -16,14 +16,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlkit.hookspecs import hookimpl
-from vlkit.registry import ModelFamily, lazy_factory, template_file
+from vlkit.plugin import ModelFamily, hookimpl, lazy_factory, template_file
 from vlkit_plugin_internvl.layout import HF, ORIGINAL
 
 _PKG = "vlkit_plugin_internvl"
 FAMILY_ORIGINAL = "internvl"
 FAMILY_HF = "internvl-hf"
-_FAMILIES = (FAMILY_ORIGINAL, FAMILY_HF)
 _ORIGINAL_TEMPLATES = ("internvl2_5", "internlm2-chat", "Hermes-2", "phi3-chat")
 
 
@@ -48,25 +46,17 @@ def vlkit_register_families() -> list[ModelFamily]:
     ]
 
 
-def _ours(family: Any) -> bool:
-    return getattr(family, "name", None) in _FAMILIES and getattr(family, "plugin", "internvl") in ("internvl", "")
-
-
 @hookimpl
-def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> Any:
-    if not _ours(family):
-        return None
+def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any) -> Any:
     from vlkit_plugin_internvl.vision import InternVLVisionModel
 
-    return InternVLVisionModel(family, hf_config, model_path, vision_config)
+    return InternVLVisionModel(family, hf_config, model_path, tokenizer)
 
 
 @hookimpl
 def vlkit_chat_template_wrapper(
     family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any, chat_template_config: Any
 ) -> Any:
-    if not _ours(family):
-        return None
     from vlkit_plugin_internvl.chat import InternVLChatTemplate, InternVLHFChatTemplate
 
     cls = InternVLChatTemplate if family.name == FAMILY_ORIGINAL else InternVLHFChatTemplate
@@ -82,13 +72,13 @@ def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path
     ``language_model.output``), which the core's InternLM2 backbone reads once the
     ``language_model.`` prefix is dropped. transformers' layout is left to the core's default.
     """
-    if not _ours(family) or family.name != FAMILY_ORIGINAL:
+    if family.name != FAMILY_ORIGINAL:
         return None
     return original_language_model_spec(hf_config, model_path)
 
 
 def original_language_model_spec(hf_config: dict[str, Any], model_path: Path) -> Any:
-    from vlkit.models.spec import LanguageModelSpec
+    from vlkit.plugin import LanguageModelSpec
 
     llm = dict(hf_config.get("llm_config") or {})
     archs = llm.get("architectures") or []

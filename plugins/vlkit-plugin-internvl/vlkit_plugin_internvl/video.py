@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlkit.messages import IMAGE_TOKEN
+from vlkit.plugin import IMAGE_TOKEN
 
 
 class VideoSupportMissing(ImportError):

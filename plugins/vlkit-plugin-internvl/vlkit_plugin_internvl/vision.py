@@ -19,8 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlkit.loader import read_tensors
-from vlkit.vision import ImageItem, VisionModel
+from vlkit.plugin import ImageItem, VisionModel, read_tensors
 from vlkit_plugin_internvl import tiling, weights
 from vlkit_plugin_internvl.layout import InternVLLayout, layout_from_config
 
@@ -44,8 +43,8 @@ def _int_option(opts: dict[str, Any], key: str, index: int) -> int | None:
 class InternVLVisionModel(VisionModel):
     """InternViT + pixel shuffle + ``mlp1``; one ``[tiles * tokens_per_tile, lm_hidden]`` per image."""
 
-    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> None:
-        super().__init__(family, hf_config, model_path, vision_config)
+    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any = None) -> None:
+        super().__init__(family, hf_config, model_path, tokenizer)
         self.layout: InternVLLayout = layout_from_config(hf_config)
         seq = hf_config.get("image_seq_length")
         if self.layout.kind == "hf" and seq is not None and int(seq) != self.layout.tokens_per_tile:

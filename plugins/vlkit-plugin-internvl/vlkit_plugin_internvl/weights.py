@@ -1,6 +1,6 @@
 """Which checkpoint tensors the vision side needs, and both layouts mapped onto one set of names.
 
-Reading them is :func:`vlkit.loader.read_tensors` (only the shards holding wanted tensors are
+Reading them is :func:`vlkit.engine.loader.read_tensors` (only the shards holding wanted tensors are
 opened; the language model is never loaded).
 
 Target names are :class:`vlkit_plugin_internvl.modeling.InternVLVision`'s (the original layout

@@ -12,8 +12,8 @@ from vlkit_plugin_llava.chat import LlavaHFChatTemplate, LlavaOriginalChatTempla
 from vlkit_plugin_llava.testing import LLAVA_V1_SYSTEM, llava_v1_prompt, tokenizer_image_token
 from vlkit_plugin_llava.vision import LlavaVisionModel
 
-from vlkit.config import ChatTemplateConfig, VisionConfig
-from vlkit.messages import IMAGE_TOKEN, to_conversation
+from vlkit.config import ChatTemplateConfig
+from vlkit.contract.messages import IMAGE_TOKEN, to_conversation
 from vlkit.testing.images import make_image
 
 IMG_A = make_image(300, 120, seed=1)
@@ -42,7 +42,7 @@ def setup(path: Path, cls=LlavaHFChatTemplate, **cfg):
 
     hf_config = json.loads((path / "config.json").read_text())
     tok = AutoTokenizer.from_pretrained(path)
-    vm = LlavaVisionModel(None, hf_config, path, VisionConfig())
+    vm = LlavaVisionModel(None, hf_config, path)
     vm.build_preprocessor()
     return cls(None, hf_config, path, tok, ChatTemplateConfig(**cfg)), vm, tok
 
@@ -92,7 +92,7 @@ def test_image_token_in_the_middle(ckpts, name):
 def test_template_falls_back_to_the_familys(ckpts, tmp_path):
     """A llava-hf checkpoint without a chat template gets the plugin's llava-hf template,
     which is the one the tiny checkpoint was saved with."""
-    from vlkit.registry import get_registry
+    from vlkit.contract.registry import get_registry
 
     fam = get_registry().get_family("llava")
     bare = tmp_path / "bare"

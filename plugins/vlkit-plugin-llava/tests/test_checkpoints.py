@@ -8,7 +8,7 @@ import pytest
 import torch
 from vlkit_plugin_llava import checkpoints as c
 
-from vlkit.loader import read_tensors, tensor_names
+from vlkit.engine.loader import read_tensors, tensor_names
 
 
 def test_deterministic(ckpts, tmp_path):

@@ -9,7 +9,8 @@ import sys
 import pytest
 from vlkit_plugin_llava import hooks
 
-from vlkit.registry import Registry, get_registry
+from vlkit.contract.registry import Registry, get_registry
+from vlkit.testing import call_hook
 
 
 def test_entry_point_registers_three_families():
@@ -35,23 +36,27 @@ def test_hooks_module_imports_nothing_heavy():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_foreign_families_get_none(tmp_path):
-    from vlkit.registry import ModelFamily
+def test_hooks_answer_only_their_own_families(ckpts):
+    """vlkit asks only the family's owner: with llava installed beside other plugins, a llava
+    checkpoint's parts all come from this plugin (its spec, wrapper and VisionModel classes)."""
+    from vlkit_plugin_llava.chat import LlavaHFChatTemplate
+    from vlkit_plugin_llava.vision import LlavaVisionModel
 
-    other = ModelFamily("qwen2-vl", ("Qwen2VLForConditionalGeneration",))
-    assert hooks.vlkit_vision_model(family=other, hf_config={}, model_path=tmp_path, vision_config=None) is None
-    assert hooks.vlkit_chat_template_wrapper(
-        family=other, hf_config={}, model_path=tmp_path, tokenizer=None, chat_template_config=None
-    ) is None
-    assert hooks.vlkit_language_model_spec(family=other, hf_config={}, model_path=tmp_path) is None
+    from vlkit.config import ChatTemplateConfig
+
+    cfg = json.loads((ckpts["llava"] / "config.json").read_text())
+    parts = get_registry().build(ckpts["llava"], cfg, ChatTemplateConfig())
+    assert parts.family.plugin == "llava"
+    assert isinstance(parts.chat_template, LlavaHFChatTemplate)
+    assert isinstance(parts.vision, LlavaVisionModel)
 
 
 def test_original_language_model_spec(ckpts):
-    from vlkit.loader import tensor_names
+    from vlkit.engine.loader import tensor_names
 
     fam = get_registry().get_family("llava-original")
     cfg = json.loads((ckpts["orig16"] / "config.json").read_text())
-    spec = get_registry().pm.hook.vlkit_language_model_spec(family=fam, hf_config=cfg, model_path=ckpts["orig16"])
+    spec = call_hook("vlkit_language_model_spec", fam, hf_config=cfg, model_path=ckpts["orig16"])
     assert spec.architecture == "LlamaForCausalLM"
     assert not any(k.startswith("mm_") or k.startswith("image_") for k in spec.config)
     assert spec.config["hidden_size"] == cfg["hidden_size"]
@@ -68,12 +73,12 @@ def test_original_language_model_spec(ckpts):
 def test_hf_layouts_use_the_core_default_spec(ckpts, name):
     """transformers 5 writes llava weights as language_model.model.* / language_model.lm_head.*;
     the core's default maps them (and leaves the vision tensors out)."""
-    from vlkit.loader import tensor_names
+    from vlkit.engine.loader import tensor_names
 
     fam = get_registry().family_for_architectures(json.loads((ckpts[name] / "config.json").read_text())["architectures"])
     cfg = json.loads((ckpts[name] / "config.json").read_text())
     assert hooks.vlkit_language_model_spec(family=fam, hf_config=cfg, model_path=ckpts[name]) is None
-    spec = get_registry().pm.hook.vlkit_language_model_spec(family=fam, hf_config=cfg, model_path=ckpts[name])
+    spec = call_hook("vlkit_language_model_spec", fam, hf_config=cfg, model_path=ckpts[name])
     mapped = {n: spec.rename(n) for n in tensor_names(ckpts[name])}
     lm = {v for v in mapped.values() if v}
     assert "lm_head.weight" in lm and "model.embed_tokens.weight" in lm and "model.norm.weight" in lm

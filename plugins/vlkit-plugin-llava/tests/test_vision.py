@@ -11,9 +11,9 @@ import pytest
 import torch
 from vlkit_plugin_llava import anyres
 from vlkit_plugin_llava.layout import LlavaConfigError, layout_from_config
-from vlkit_plugin_llava.vision import LlavaVisionModel, LlavaWeightError, expand_to_square
+from vlkit_plugin_llava.vision import LlavaVisionModel, LlavaWeightError
 
-from vlkit.config import VisionConfig
+from vlkit.plugin import expand_to_square
 from vlkit.testing.images import make_image
 
 SIZES = [(64, 64), (300, 120), (120, 300), (10, 10), (77, 64), (200, 150), (43, 129), (500, 90)]
@@ -25,7 +25,7 @@ def images(mode: str = "RGB") -> list:
 
 def vision(path: Path, config: dict | None = None) -> LlavaVisionModel:
     cfg = config or json.loads((path / "config.json").read_text())
-    vm = LlavaVisionModel(None, cfg, path, VisionConfig())
+    vm = LlavaVisionModel(None, cfg, path)
     vm.build_preprocessor()
     vm.build_model()
     return vm
@@ -79,7 +79,7 @@ def test_next_num_tokens_equal_processor(ckpts):
     from transformers import AutoProcessor
 
     proc = AutoProcessor.from_pretrained(ckpts["next"])
-    vm = LlavaVisionModel(None, json.loads((ckpts["next"] / "config.json").read_text()), ckpts["next"], VisionConfig())
+    vm = LlavaVisionModel(None, json.loads((ckpts["next"] / "config.json").read_text()), ckpts["next"])
     sizes = [(h, w) for h in (1, 7, 20, 41, 42, 43, 84, 100, 333, 1000) for w in (1, 9, 42, 50, 85, 127, 640)]
     expected = proc._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"]
     got = [anyres.num_image_tokens(vm.layout, h, w, vm.image_size, vm.patch_size)[0] for h, w in sizes]
@@ -205,9 +205,9 @@ def test_unreachable_vision_tower_is_named(ckpts, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = json.loads((ckpts["orig15"] / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match="mm_vision_tower '/nonexistent/clip'"):
-        LlavaVisionModel(None, {**cfg, "mm_vision_tower": "/nonexistent/clip"}, ckpts["orig15"], VisionConfig())
+        LlavaVisionModel(None, {**cfg, "mm_vision_tower": "/nonexistent/clip"}, ckpts["orig15"])
     with pytest.raises(FileNotFoundError, match="mm_vision_tower 'nobody/no-such-clip'"):
-        LlavaVisionModel(None, {**cfg, "mm_vision_tower": "nobody/no-such-clip"}, ckpts["orig15"], VisionConfig())
+        LlavaVisionModel(None, {**cfg, "mm_vision_tower": "nobody/no-such-clip"}, ckpts["orig15"])
 
 
 def test_original_pinpoints_are_width_height():

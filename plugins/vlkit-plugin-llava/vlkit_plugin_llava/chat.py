@@ -18,34 +18,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlkit.chat import ChatTemplateWrapper
-from vlkit.messages import Conversation
+from vlkit.plugin import ChatTemplateWrapper
 
 
 class LlavaHFChatTemplate(ChatTemplateWrapper):
     image_marker = "<image>"
-
-    def template_messages(self, conv: Conversation) -> list[dict[str, Any]]:
-        msgs = super().template_messages(conv)
-        return [_inline_placed_images(m, self.image_marker) for m in msgs]
-
-
-def _inline_placed_images(msg: dict[str, Any], marker: str) -> dict[str, Any]:
-    content = msg.get("content")
-    if not isinstance(content, list) or not any(p.get("type") == "image" and p.get("placed") for p in content):
-        return msg
-    parts: list[dict[str, Any]] = []
-    for p in content:
-        if p.get("type") == "text" or (p.get("type") == "image" and p.get("placed")):
-            text = p["text"] if p.get("type") == "text" else marker
-            if parts and parts[-1].get("type") == "text":
-                parts[-1] = {"type": "text", "text": parts[-1]["text"] + text}
-            else:
-                parts.append({"type": "text", "text": text})
-        else:
-            parts.append(p)
-    return {**msg, "content": parts}
-
+    inline_placed_images = True  # llava-hf templates write image parts first
 
 class LlavaOriginalChatTemplate(LlavaHFChatTemplate):
     default_template = "llava-v1"
@@ -57,4 +35,3 @@ class LlavaOriginalChatTemplate(LlavaHFChatTemplate):
         if ORIGINAL_LLAVA_MISTRAL in ((hf_config or {}).get("architectures") or []):
             self.default_template = "llava-mistral-instruct"  # LLaVA's conv_mistral_instruct
         super().__init__(family, hf_config, *args, **kwargs)
-

@@ -339,7 +339,7 @@ def tiny_llava_original(
         factory = tiny_llava if version == "1.5" else tiny_llava_next
         factory(twin, seed=seed, size=size, text_init_std=text_init_std)
     hf_cfg = json.loads((twin / "config.json").read_text())
-    from vlkit.loader import read_tensors
+    from vlkit.plugin import read_tensors
 
     state = read_tensors(twin, lambda n: n)
     main, tower = _split_hf_state(state)

@@ -15,15 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlkit.hookspecs import hookimpl
-from vlkit.registry import ModelFamily, lazy_factory, template_file
+from vlkit.plugin import ModelFamily, hookimpl, lazy_factory, template_file
 from vlkit_plugin_llava.layout import HF_LLAVA, HF_LLAVA_NEXT, ORIGINAL_LLAVA, ORIGINAL_LLAVA_MISTRAL
 
 _PKG = "vlkit_plugin_llava"
 FAMILY_LLAVA = "llava"
 FAMILY_NEXT = "llava-next"
 FAMILY_ORIGINAL = "llava-original"
-_FAMILIES = (FAMILY_LLAVA, FAMILY_NEXT, FAMILY_ORIGINAL)
 
 
 @hookimpl
@@ -58,25 +56,17 @@ def vlkit_register_families() -> list[ModelFamily]:
     ]
 
 
-def _ours(family: Any) -> bool:
-    return getattr(family, "name", None) in _FAMILIES
-
-
 @hookimpl
-def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> Any:
-    if not _ours(family):
-        return None
+def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any) -> Any:
     from vlkit_plugin_llava.vision import LlavaVisionModel
 
-    return LlavaVisionModel(family, hf_config, model_path, vision_config)
+    return LlavaVisionModel(family, hf_config, model_path, tokenizer)
 
 
 @hookimpl
 def vlkit_chat_template_wrapper(
     family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any, chat_template_config: Any
 ) -> Any:
-    if not _ours(family):
-        return None
     from vlkit_plugin_llava.chat import LlavaHFChatTemplate, LlavaOriginalChatTemplate
 
     cls = LlavaOriginalChatTemplate if family.name == FAMILY_ORIGINAL else LlavaHFChatTemplate
@@ -90,9 +80,9 @@ def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path
     transformers' layouts are left to the core's default (``text_config`` and the
     ``language_model.`` / ``model.language_model.`` prefixes).
     """
-    if not _ours(family) or family.name != FAMILY_ORIGINAL:
+    if family.name != FAMILY_ORIGINAL:
         return None
-    from vlkit.models.spec import LanguageModelSpec
+    from vlkit.plugin import LanguageModelSpec
 
     drop = {
         "tune_mm_mlp_adapter", "freeze_mm_mlp_adapter", "unfreeze_mm_vision_tower", "use_mm_proj",

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlkit.towers.clip import CLIPTower, clip_activation, resolve_layers
+from vlkit.plugin import CLIPTower, clip_activation, resolve_layers
 
 
 class Projector(nn.Module):

@@ -18,10 +18,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlkit.loader import read_tensors, tensor_names
-from vlkit.towers import resolve_tower
-from vlkit.towers.clip import clip_vision_config
-from vlkit.vision import ImageItem, VisionModel
+from vlkit.plugin import (
+    ImageItem,
+    VisionModel,
+    clip_image_processor,
+    clip_vision_config,
+    crop_size,
+    expand_to_square,
+    read_tensors,
+    resolve_tower,
+    tensor_names,
+)
 from vlkit_plugin_llava import anyres
 from vlkit_plugin_llava.layout import LlavaConfigError, LlavaLayout, layout_from_config, projector_depth
 
@@ -55,8 +62,8 @@ class LlavaWeightError(ValueError):
 class LlavaVisionModel(VisionModel):
     """Vision side of LLaVA-1.5, LLaVA-NeXT and the original ``LlavaLlamaForCausalLM``."""
 
-    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> None:
-        super().__init__(family, hf_config, model_path, vision_config)
+    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any = None) -> None:
+        super().__init__(family, hf_config, model_path, tokenizer)
         self.layout: LlavaLayout = layout_from_config(hf_config)
         if self.layout.anyres and self.layout.merge != "flat" and not self.layout.drop_cls:
             raise LlavaConfigError("anyres spatial packing needs the CLS position dropped (strategy 'default'/'patch')")
@@ -75,12 +82,12 @@ class LlavaVisionModel(VisionModel):
     # -- building ----------------------------------------------------------------------------
     def build_preprocessor(self) -> Any:
         if self.layout.kind == "original":
-            self.preprocessor = _clip_image_processor(self.tower_dir)
+            self.preprocessor = clip_image_processor(self.tower_dir)
         else:
             from transformers import AutoImageProcessor
 
             self.preprocessor = AutoImageProcessor.from_pretrained(str(self.model_path))
-        crop = _crop_size(self.preprocessor)
+        crop = crop_size(self.preprocessor)
         if crop != self.image_size:
             raise LlavaConfigError(
                 f"the image processor crops to {crop} px but the vision tower takes {self.image_size} px"
@@ -233,37 +240,3 @@ class LlavaVisionModel(VisionModel):
                 nl = self.model.image_newline.to(grid.dtype).expand(grid.shape[0], 1, d)
                 grid = torch.cat([grid, nl], dim=1)
         return torch.cat([feats[0], grid.reshape(-1, d)])
-
-
-def expand_to_square(image: Any, background: tuple[int, ...]) -> Any:
-    """The image centred on a square canvas of its longer side, filled with ``background``."""
-    from PIL import Image
-
-    w, h = image.size
-    if w == h:
-        return image
-    side = max(w, h)
-    canvas = Image.new(image.mode, (side, side), background)
-    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
-    return canvas
-
-
-def _clip_image_processor(path: Path | None) -> Any:
-    """The tower's CLIPImageProcessor, PIL backend: the original LLaVA code ran transformers'
-    PIL-based CLIP processor, and the torchvision one resizes slightly differently."""
-    import transformers
-
-    cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-    return cls.from_pretrained(str(path))
-
-
-def _crop_size(proc: Any) -> int:
-    crop = getattr(proc, "crop_size", None)
-    if isinstance(crop, dict) and crop.get("height"):
-        return int(crop["height"])
-    if getattr(crop, "height", None):
-        return int(crop.height)
-    size = getattr(proc, "size", None) or {}
-    if isinstance(size, dict):
-        return int(size.get("shortest_edge") or size.get("height"))
-    return int(getattr(size, "shortest_edge", None) or size.height)

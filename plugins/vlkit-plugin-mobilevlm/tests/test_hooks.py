@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from vlkit.testing import call_hook
+
 
 def test_hooks_import_nothing_heavy() -> None:
     code = "import sys, vlkit_plugin_mobilevlm.hooks; print('torch' in sys.modules, 'transformers' in sys.modules)"
@@ -17,7 +19,7 @@ def test_hooks_import_nothing_heavy() -> None:
 
 
 def test_family_registered() -> None:
-    from vlkit.registry import find_family
+    from vlkit.contract.registry import find_family
 
     fam = find_family({"architectures": ["MobileLlamaForCausalLM"]})
     assert fam.name == "mobilevlm" and fam.plugin == "mobilevlm"
@@ -25,11 +27,11 @@ def test_family_registered() -> None:
 
 
 def test_language_model_spec(ckpts) -> None:
-    from vlkit.registry import get_registry, plugin_manager
+    from vlkit.contract.registry import get_registry
 
     cfg = json.loads((ckpts["v2"] / "config.json").read_text())
     fam = get_registry().get_family("mobilevlm")
-    spec = plugin_manager().hook.vlkit_language_model_spec(family=fam, hf_config=cfg, model_path=ckpts["v2"])
+    spec = call_hook("vlkit_language_model_spec", fam, hf_config=cfg, model_path=ckpts["v2"])
     assert spec.architecture == "LlamaForCausalLM"
     assert spec.config["model_type"] == "llama" and spec.config["hidden_size"] == 64
     assert not any(k.startswith("mm_") for k in spec.config)

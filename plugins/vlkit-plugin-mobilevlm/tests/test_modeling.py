@@ -38,7 +38,7 @@ def test_projector_matches_original_code(original, version, cls, grid) -> None:
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_factory_writes_the_stored_projector_weights(ckpts, original, version) -> None:
-    from vlkit.loader import read_tensors
+    from vlkit.engine.loader import read_tensors
 
     pre = "model.mm_projector."
     got = read_tensors(ckpts[version], lambda n: n[len(pre):] if n.startswith(pre) else None)
@@ -62,11 +62,10 @@ def test_ldp_token_counts() -> None:
 def _vision_model(ckpt: Path):
     from vlkit_plugin_mobilevlm.vision import MobileVLMVisionModel
 
-    from vlkit.config import VisionConfig
-    from vlkit.registry import get_registry
+    from vlkit.contract.registry import get_registry
 
     cfg = json.loads((ckpt / "config.json").read_text())
-    vm = MobileVLMVisionModel(get_registry().get_family("mobilevlm"), cfg, ckpt, VisionConfig())
+    vm = MobileVLMVisionModel(get_registry().get_family("mobilevlm"), cfg, ckpt)
     vm.build_preprocessor()
     vm.build_model()
     return vm

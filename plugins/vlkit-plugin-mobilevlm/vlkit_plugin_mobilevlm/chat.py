@@ -14,7 +14,7 @@ ids around them are exactly the original's.
 
 from __future__ import annotations
 
-from vlkit.chat import ChatTemplateWrapper
+from vlkit.plugin import ChatTemplateWrapper
 
 
 class MobileVLMChatTemplate(ChatTemplateWrapper):

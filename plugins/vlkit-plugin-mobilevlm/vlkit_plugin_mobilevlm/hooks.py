@@ -12,8 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlkit.hookspecs import hookimpl
-from vlkit.registry import ModelFamily, lazy_factory, template_file
+from vlkit.plugin import ModelFamily, hookimpl, lazy_factory, template_file
 from vlkit_plugin_mobilevlm.layout import ARCHITECTURE
 
 FAMILY = "mobilevlm"
@@ -32,25 +31,17 @@ def vlkit_register_families() -> list[ModelFamily]:
     ]
 
 
-def _ours(family: Any) -> bool:
-    return getattr(family, "name", None) == FAMILY
-
-
 @hookimpl
-def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> Any:
-    if not _ours(family):
-        return None
+def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any) -> Any:
     from vlkit_plugin_mobilevlm.vision import MobileVLMVisionModel
 
-    return MobileVLMVisionModel(family, hf_config, model_path, vision_config)
+    return MobileVLMVisionModel(family, hf_config, model_path, tokenizer)
 
 
 @hookimpl
 def vlkit_chat_template_wrapper(
     family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any, chat_template_config: Any
 ) -> Any:
-    if not _ours(family):
-        return None
     from vlkit_plugin_mobilevlm.chat import MobileVLMChatTemplate
 
     return MobileVLMChatTemplate(family, hf_config, model_path, tokenizer, chat_template_config)
@@ -66,9 +57,7 @@ _NOT_TEXT = {
 @hookimpl
 def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path: Path) -> Any:
     """MobileLLaMA / Vicuna under ``model.*`` and ``lm_head.*``; the tower and projector are skipped."""
-    if not _ours(family):
-        return None
-    from vlkit.models.spec import LanguageModelSpec
+    from vlkit.plugin import LanguageModelSpec
 
     config = {k: v for k, v in hf_config.items() if k not in _NOT_TEXT and not k.startswith(("mm_", "image_"))}
     config["model_type"] = "llama"

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlkit.towers.clip import CLIPTower, resolve_layers
+from vlkit.plugin import CLIPTower, resolve_layers
 from vlkit_plugin_mobilevlm.layout import LDPV2_GRID
 
 # -- projectors ---------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def vicuna_v1_prompt(messages: list[dict[str, Any]], system: str = VICUNA_V1_SYS
 
 
 def _load_state(model_dir: Path) -> dict[str, Any]:
-    from vlkit.loader import read_tensors
+    from vlkit.plugin import read_tensors
 
     return read_tensors(model_dir, lambda n: n)
 

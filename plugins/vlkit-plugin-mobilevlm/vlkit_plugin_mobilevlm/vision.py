@@ -18,10 +18,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from vlkit.loader import read_tensors, tensor_names
-from vlkit.towers import resolve_tower
-from vlkit.towers.clip import clip_vision_config
-from vlkit.vision import ImageItem, VisionModel
+from vlkit.plugin import (
+    ImageItem,
+    VisionModel,
+    clip_image_processor,
+    clip_vision_config,
+    crop_size,
+    expand_to_square,
+    read_tensors,
+    resolve_tower,
+    tensor_names,
+)
 from vlkit_plugin_mobilevlm.layout import MobileVLMConfigError, MobileVLMLayout, layout_from_config
 
 TOWER_IN_CHECKPOINT = "model.vision_tower.vision_tower."
@@ -35,8 +42,8 @@ class MobileVLMWeightError(ValueError):
 class MobileVLMVisionModel(VisionModel):
     """Vision side of ``MobileLlamaForCausalLM`` (MobileVLM V1 ``ldpnet``, V2 ``ldpnetv2``)."""
 
-    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> None:
-        super().__init__(family, hf_config, model_path, vision_config)
+    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any = None) -> None:
+        super().__init__(family, hf_config, model_path, tokenizer)
         self.layout: MobileVLMLayout = layout_from_config(hf_config)
         names = tensor_names(self.model_path)
         self.tower_in_checkpoint = any(n.startswith(TOWER_IN_CHECKPOINT) for n in names)
@@ -56,12 +63,8 @@ class MobileVLMVisionModel(VisionModel):
 
     # -- building ----------------------------------------------------------------------------
     def build_preprocessor(self) -> Any:
-        import transformers
-
-        cls = getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
-        proc = cls.from_pretrained(str(self.tower_dir))
-        crop = proc.crop_size
-        crop = int(crop["height"] if isinstance(crop, dict) else crop.height)
+        proc = clip_image_processor(self.tower_dir)
+        crop = crop_size(proc)
         if crop != self.image_size:
             raise MobileVLMConfigError(
                 f"the image processor of {self.tower_dir} crops to {crop} px but the tower takes {self.image_size} px"
@@ -137,16 +140,3 @@ def _original_name(name: str, vm: MobileVLMVisionModel) -> str:
         return PROJECTOR_PREFIX + name[len("projector."):]
     rest = "vision_model." + name[len("tower."):]
     return TOWER_IN_CHECKPOINT + rest if vm.tower_in_checkpoint else f"{rest} (in {vm.tower_dir})"
-
-
-def expand_to_square(image: Any, background: tuple[int, ...]) -> Any:
-    """MobileVLM's ``expand2square``: the image centred on a square of its longer side."""
-    from PIL import Image
-
-    w, h = image.size
-    if w == h:
-        return image
-    side = max(w, h)
-    canvas = Image.new(image.mode, (side, side), background)
-    canvas.paste(image, ((side - w) // 2, (side - h) // 2))
-    return canvas

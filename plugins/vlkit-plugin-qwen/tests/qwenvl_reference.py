@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vlkit.messages import IMAGE_TOKEN
+from vlkit.contract.messages import IMAGE_TOKEN
 from vlkit.testing.conformance import Reference
 
 MEAN, STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)

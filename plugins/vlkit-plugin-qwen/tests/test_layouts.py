@@ -78,7 +78,7 @@ def test_language_model_spec_flat_and_nested():
 
 
 def test_families_registered():
-    from vlkit.registry import get_registry
+    from vlkit.contract.registry import get_registry
 
     reg = get_registry()
     assert reg.family_for_architectures(["Qwen2VLForConditionalGeneration"]).name == "qwen2-vl"

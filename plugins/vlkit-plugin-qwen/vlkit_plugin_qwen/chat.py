@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlkit.chat import ChatTemplateWrapper
+from vlkit.plugin import ChatTemplateWrapper
 
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"

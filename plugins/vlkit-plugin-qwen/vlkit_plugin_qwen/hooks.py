@@ -18,14 +18,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlkit.hookspecs import hookimpl
-from vlkit.registry import ModelFamily, lazy_factory, template_file
+from vlkit.plugin import ModelFamily, hookimpl, lazy_factory, template_file
 
 _PKG = "vlkit_plugin_qwen"
 FAMILY_QWEN2_VL = "qwen2-vl"
 FAMILY_QWEN2_5_VL = "qwen2.5-vl"
 FAMILY_QWEN_VL = "qwen-vl"
-_FAMILIES = (FAMILY_QWEN2_VL, FAMILY_QWEN2_5_VL, FAMILY_QWEN_VL)
 ARCH_QWEN2_VL = "Qwen2VLForConditionalGeneration"
 ARCH_QWEN2_5_VL = "Qwen2_5_VLForConditionalGeneration"
 ARCH_QWEN_VL = "QWenLMHeadModel"
@@ -69,7 +67,7 @@ def vlkit_language_backbones() -> dict[str, type]:
 
 @hookimpl
 def vlkit_tokenizer(family: Any, hf_config: dict[str, Any], model_path: Path) -> Any:
-    if not _ours(family) or family.name != FAMILY_QWEN_VL:
+    if family.name != FAMILY_QWEN_VL:
         return None
     from vlkit_plugin_qwen.qwenvl_tokenizer import VOCAB_FILE, QwenTiktokenTokenizer
 
@@ -79,29 +77,21 @@ def vlkit_tokenizer(family: Any, hf_config: dict[str, Any], model_path: Path) ->
     return QwenTiktokenTokenizer(path)
 
 
-def _ours(family: Any) -> bool:
-    return getattr(family, "name", None) in _FAMILIES and getattr(family, "plugin", "qwen") in ("qwen", "")
-
-
 @hookimpl
-def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> Any:
-    if not _ours(family):
-        return None
+def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any) -> Any:
     if family.name == FAMILY_QWEN_VL:
         from vlkit_plugin_qwen.qwenvl_vision import QwenVLChatVisionModel
 
-        return QwenVLChatVisionModel(family, hf_config, model_path, vision_config)
+        return QwenVLChatVisionModel(family, hf_config, model_path, tokenizer)
     from vlkit_plugin_qwen.vision import QwenVLVisionModel
 
-    return QwenVLVisionModel(family, hf_config, model_path, vision_config)
+    return QwenVLVisionModel(family, hf_config, model_path, tokenizer)
 
 
 @hookimpl
 def vlkit_chat_template_wrapper(
     family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any, chat_template_config: Any
 ) -> Any:
-    if not _ours(family):
-        return None
     from vlkit_plugin_qwen.chat import Qwen2VLChatTemplate, QwenVLChatTemplate
 
     cls = QwenVLChatTemplate if family.name == FAMILY_QWEN_VL else Qwen2VLChatTemplate
@@ -110,8 +100,6 @@ def vlkit_chat_template_wrapper(
 
 @hookimpl
 def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path: Path) -> Any:
-    if not _ours(family):
-        return None
     if family.name == FAMILY_QWEN_VL:
         return qwen_vl_language_model_spec(hf_config, model_path)
     return qwen2_vl_language_model_spec(hf_config, model_path)
@@ -121,7 +109,7 @@ def qwen_vl_language_model_spec(hf_config: dict[str, Any], model_path: Path) -> 
     """Qwen-VL-Chat: the plugin's ``QWenLMHeadModel`` on the raw config (``visual`` dropped);
     ``max_position_embeddings`` is ``seq_length`` (dynamic NTK / log-n attention beyond it are
     not implemented), which the engine takes as the default ``session_len``."""
-    from vlkit.models.spec import LanguageModelSpec
+    from vlkit.plugin import LanguageModelSpec
 
     cfg = {k: v for k, v in hf_config.items() if k != "visual"}
     cfg["max_position_embeddings"] = int(hf_config.get("seq_length") or hf_config.get("max_position_embeddings") or 2048)
@@ -160,7 +148,7 @@ def text_config(hf_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def qwen2_vl_language_model_spec(hf_config: dict[str, Any], model_path: Path) -> Any:
-    from vlkit.models.spec import LanguageModelSpec
+    from vlkit.plugin import LanguageModelSpec
 
     return LanguageModelSpec(
         architecture="Qwen2ForCausalLM",

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from vlkit.models.llama import LlamaForCausalLM
+from vlkit.plugin import LlamaForCausalLM
 
 
 def llama_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -29,8 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from vlkit.loader import read_tensors
-from vlkit.vision import ImageItem, VisionModel
+from vlkit.plugin import ImageItem, VisionModel, read_tensors
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -139,8 +138,8 @@ def to_pixels(image: Any, size: int) -> torch.Tensor:
 class QwenVLChatVisionModel(VisionModel):
     """Qwen-VL-Chat: one ``[256, hidden]`` tensor per image."""
 
-    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> None:
-        super().__init__(family, hf_config, model_path, vision_config)
+    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any = None) -> None:
+        super().__init__(family, hf_config, model_path, tokenizer)
         self.visual_config = dict(hf_config.get("visual") or {})
         if not self.visual_config:
             raise ValueError(f"{model_path}/config.json has no 'visual' section (not a Qwen-VL checkpoint?)")

@@ -26,7 +26,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from vlkit.vision import ImageItem, VisionModel
+from vlkit.plugin import ImageItem, VisionModel
 from vlkit_plugin_qwen import weights
 
 OPTIONS = ("min_pixels", "max_pixels")
@@ -62,8 +62,8 @@ def image_processor(model_path: Path) -> Any:
 class QwenVLVisionModel(VisionModel):
     """Qwen2-VL / Qwen2.5-VL vision side; one ``[t·h·w / merge², lm_hidden]`` tensor per image."""
 
-    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> None:
-        super().__init__(family, hf_config, model_path, vision_config)
+    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any = None) -> None:
+        super().__init__(family, hf_config, model_path, tokenizer)
         vc = hf_config.get("vision_config") or {}
         self.architecture = (hf_config.get("architectures") or ["Qwen2VLForConditionalGeneration"])[0]
         self.merge_size = int(vc.get("spatial_merge_size", 2))

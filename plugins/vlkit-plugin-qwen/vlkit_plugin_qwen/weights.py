@@ -1,11 +1,11 @@
-"""The vision tower's tensors of a Qwen2-VL checkpoint (read with :func:`vlkit.loader.read_tensors`)."""
+"""The vision tower's tensors of a Qwen2-VL checkpoint (read with :func:`vlkit.engine.loader.read_tensors`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from vlkit.loader import read_tensors
+from vlkit.plugin import read_tensors
 
 # checkpoint prefix of the vision tower: Qwen's own layout (and transformers < 4.52 / >= 5 on
 # save) uses ``visual.``; transformers 4.52-4.x saved ``model.visual.``

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vlkit.testing import call_hook
 
 from {{ cookiecutter.__package }}.hooks import ARCHITECTURE, FAMILY
 
@@ -22,7 +23,7 @@ SYSTEM = (
 
 
 def _registry() -> Any:
-    from vlkit.registry import get_registry
+    from vlkit.contract.registry import get_registry
 
     return get_registry()
 
@@ -37,7 +38,7 @@ def _rgb_images() -> list[Any]:
 
 
 def test_family_is_registered_under_its_architecture() -> None:
-    from vlkit.registry import find_family
+    from vlkit.contract.registry import find_family
 
     reg = _registry()
     assert not [p for p in reg.failed_plugins() if p.name == FAMILY], reg.failed_plugins()
@@ -61,8 +62,8 @@ def test_language_model_spec_maps_onto_llama(checkpoint: Path, hf_config: dict[s
     from safetensors import safe_open
 
     reg = _registry()
-    spec = reg.pm.hook.vlkit_language_model_spec(
-        family=reg.get_family(FAMILY), hf_config=hf_config, model_path=checkpoint
+    spec = call_hook(
+        "vlkit_language_model_spec", reg.get_family(FAMILY), hf_config=hf_config, model_path=checkpoint
     )
     assert spec.architecture == "LlamaForCausalLM"
     assert spec.config["hidden_size"] == hf_config["text_config"]["hidden_size"]
@@ -79,11 +80,10 @@ def test_language_model_spec_maps_onto_llama(checkpoint: Path, hf_config: dict[s
 
 def _vision_model(checkpoint: Path, hf_config: dict[str, Any]) -> Any:
     import torch
-    from vlkit.config import VisionConfig
 
     reg = _registry()
-    vm = reg.pm.hook.vlkit_vision_model(
-        family=reg.get_family(FAMILY), hf_config=hf_config, model_path=checkpoint, vision_config=VisionConfig()
+    vm = call_hook(
+        "vlkit_vision_model", reg.get_family(FAMILY), hf_config=hf_config, model_path=checkpoint, tokenizer=None
     )
     vm.to("cpu", torch.float32)
     vm.preprocessor = vm.build_preprocessor()
@@ -170,14 +170,14 @@ def _wrapper(checkpoint: Path, hf_config: dict[str, Any], **config: Any) -> Any:
     from vlkit.config import ChatTemplateConfig
 
     reg = _registry()
-    return reg.pm.hook.vlkit_chat_template_wrapper(
-        family=reg.get_family(FAMILY), hf_config=hf_config, model_path=checkpoint,
+    return call_hook(
+        "vlkit_chat_template_wrapper", reg.get_family(FAMILY), hf_config=hf_config, model_path=checkpoint,
         tokenizer=AutoTokenizer.from_pretrained(str(checkpoint)), chat_template_config=ChatTemplateConfig(**config),
     )
 
 
 def test_template_renders_the_expected_prompt(checkpoint: Path, hf_config: dict[str, Any]) -> None:
-    from vlkit.messages import IMAGE_TOKEN, to_conversation
+    from vlkit.plugin import IMAGE_TOKEN, to_conversation
 
     w = _wrapper(checkpoint, hf_config)
     assert w.template_name == FAMILY
@@ -197,7 +197,7 @@ def test_template_renders_the_expected_prompt(checkpoint: Path, hf_config: dict[
 def test_template_equals_transformers_rendering(checkpoint: Path, hf_config: dict[str, Any]) -> None:
     """The template is also the checkpoint's chat_template: transformers renders it the same."""
     from transformers import AutoTokenizer
-    from vlkit.messages import to_conversation
+    from vlkit.plugin import to_conversation
 
     img = _rgb_images()[0]
     messages = [
@@ -216,7 +216,7 @@ def test_template_equals_transformers_rendering(checkpoint: Path, hf_config: dic
 
 
 def test_image_positions(checkpoint: Path, hf_config: dict[str, Any]) -> None:
-    from vlkit.messages import IMAGE_TOKEN, to_conversation
+    from vlkit.plugin import IMAGE_TOKEN, to_conversation
 
     w = _wrapper(checkpoint, hf_config)
     img = _rgb_images()[0]

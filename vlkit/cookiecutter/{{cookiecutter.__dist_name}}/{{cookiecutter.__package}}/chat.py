@@ -1,6 +1,6 @@
 """The ChatTemplateWrapper of the ``{{ cookiecutter._name }}`` family.
 
-The base class (:class:`vlkit.chat.ChatTemplateWrapper`) does the work: it turns the
+The base class (:class:`vlkit.contract.chat.ChatTemplateWrapper`) does the work: it turns the
 conversation into Hugging Face-style messages, renders the selected Jinja template in a
 sandbox, replaces each :attr:`image_marker` the template wrote by ``num_tokens`` image
 tokens, tokenizes, and reports the positions each image's embeddings fill. A family
@@ -14,7 +14,7 @@ configures it with class attributes and overrides a method only where its format
 
 from __future__ import annotations
 
-from vlkit.chat import ChatTemplateWrapper
+from vlkit.plugin import ChatTemplateWrapper
 
 from {{ cookiecutter.__package }}.hooks import FAMILY
 

@@ -2,9 +2,9 @@
 
 vlkit imports this module for ``vlkit list-models`` and every pipeline, so it stays light:
 no torch, no transformers, no model code at import time. Each hook imports what it needs
-when it runs. The contract is ``vlkit/hookspecs.py``; every hook below answers only for its
-own family and returns ``None`` for the others (the ``firstresult`` hooks stop at the first
-plugin that answers).
+when it runs. Everything comes from ``vlkit.plugin``, vlkit's public plugin API. vlkit calls a
+family's hooks only on the plugin that registered the family, so no hook needs to check that
+the family is its own; a hook returning ``None`` leaves the step to the core's default.
 """
 
 from __future__ import annotations
@@ -13,8 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from vlkit.hookspecs import hookimpl
-from vlkit.registry import ModelFamily
+from vlkit.plugin import ModelFamily, hookimpl
 
 #: the family name (``vlkit list-models``, ``ModelFamily.name``)
 FAMILY = "{{ cookiecutter._name }}"
@@ -37,10 +36,6 @@ def tiny_checkpoint(directory: str | Path, **options: Any) -> Path:
     return write_tiny_checkpoint(directory, **options)
 
 
-def _ours(family: Any) -> bool:
-    return getattr(family, "name", None) == FAMILY
-
-
 @hookimpl
 def vlkit_register_families() -> list[ModelFamily]:
     return [
@@ -55,20 +50,16 @@ def vlkit_register_families() -> list[ModelFamily]:
 
 
 @hookimpl
-def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> Any:
-    if not _ours(family):
-        return None
+def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any) -> Any:
     from {{ cookiecutter.__package }}.vision import {{ cookiecutter.__prefix }}VisionModel
 
-    return {{ cookiecutter.__prefix }}VisionModel(family, hf_config, model_path, vision_config)
+    return {{ cookiecutter.__prefix }}VisionModel(family, hf_config, model_path, tokenizer)
 
 
 @hookimpl
 def vlkit_chat_template_wrapper(
     family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any, chat_template_config: Any
 ) -> Any:
-    if not _ours(family):
-        return None
     from {{ cookiecutter.__package }}.chat import {{ cookiecutter.__prefix }}ChatTemplate
 
     return {{ cookiecutter.__prefix }}ChatTemplate(family, hf_config, model_path, tokenizer, chat_template_config)
@@ -82,9 +73,7 @@ def vlkit_language_model_spec(family: Any, hf_config: dict[str, Any], model_path
     (``model.layers.0...``, ``lm_head.weight``); tensors that match no pair (the vision tower
     and the projector) are skipped by the engine's loader.
     """
-    if not _ours(family):
-        return None
-    from vlkit.models.spec import LanguageModelSpec
+    from vlkit.plugin import LanguageModelSpec
 
     text = hf_config.get("text_config")
     if not isinstance(text, dict):

@@ -18,8 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from vlkit.loader import read_tensors
-from vlkit.vision import ImageItem, VisionModel
+from vlkit.plugin import ImageItem, VisionModel, read_tensors
 
 from {{ cookiecutter.__package }}.hooks import FAMILY
 
@@ -82,8 +81,8 @@ def clip_image_processor_class() -> Any:
 class {{ cookiecutter.__prefix }}VisionModel(VisionModel):
     """Vision side of the {{ cookiecutter._name }} family (see the module docstring)."""
 
-    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, vision_config: Any) -> None:
-        super().__init__(family, hf_config, model_path, vision_config)
+    def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any = None) -> None:
+        super().__init__(family, hf_config, model_path, tokenizer)
         vision = hf_config.get("vision_config")
         text = hf_config.get("text_config")
         if not isinstance(vision, dict) or not isinstance(text, dict):
@@ -151,7 +150,7 @@ class {{ cookiecutter.__prefix }}VisionModel(VisionModel):
 def read_vision_tensors(model_path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """The vision tower and projector tensors of a checkpoint, renamed to the module's names.
 
-    :func:`vlkit.loader.read_tensors` opens only the shards holding them (safetensors or
+    :func:`vlkit.engine.loader.read_tensors` opens only the shards holding them (safetensors or
     ``.bin``, sharded or not) and never loads the language model.
     """
 

@@ -2,7 +2,8 @@
 
 Encoded features are cached by image content hash plus per-image options (LRU), so the same
 image in a second chat turn or another request is not encoded again. Cache misses are encoded
-in batches of up to ``VisionConfig.max_batch_size``.
+in batches of up to ``VisionConfig.max_batch_size`` tiles (an :class:`ImageItem` says how many it
+has: ``num_tiles``).
 
 The same image *bytes* again (a chat client resends its history, base64 images included, every
 turn) are not even decoded: a second, small LRU maps a hash of the source bytes plus options to
@@ -20,10 +21,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from vlkit.api.media import ImageLoadError, decode_image_bytes, image_hash, load_image, read_image_bytes
 from vlkit.config import VisionConfig
-from vlkit.media import ImageLoadError, decode_image_bytes, image_hash, load_image, read_image_bytes
-from vlkit.messages import ImageRef
-from vlkit.vision import ImageItem, VisionModel
+from vlkit.contract.messages import ImageRef
+from vlkit.contract.vision import ImageItem, VisionModel
 
 
 @dataclass
@@ -46,7 +47,7 @@ class ImageEncoder:
         return load_image(ref.source, max_pixels=self.config.max_image_pixels, timeout=self.config.url_timeout)
 
     def preprocess(self, refs: list[ImageRef]) -> list[ImageItem]:
-        """Decode and preprocess; raises :class:`vlkit.media.ImageLoadError` naming the bad image.
+        """Decode and preprocess; raises :class:`vlkit.api.media.ImageLoadError` naming the bad image.
 
         Images whose bytes (and options) were preprocessed before and whose embeddings are in
         the cache come back without pixels, their ``source`` set (see the module docstring).
@@ -126,9 +127,7 @@ class ImageEncoder:
             if items[i].hash not in first:
                 first[items[i].hash] = i
                 unique.append(i)
-        bs = self.config.max_batch_size
-        for start in range(0, len(unique), bs):
-            chunk = unique[start:start + bs]
+        for chunk in _batches(unique, [max(1, items[i].num_tiles) for i in unique], self.config.max_batch_size):
             feats = self.vision.forward([items[i] for i in chunk])
             self.stats["forward_calls"] += 1
             self.stats["encoded"] += len(chunk)
@@ -154,3 +153,20 @@ class ImageEncoder:
         with self._lock:
             self._cache.clear()
             self._by_source.clear()
+
+
+def _batches(indices: list[int], costs: list[int], budget: int) -> list[list[int]]:
+    """Consecutive groups whose tiles add up to at most ``budget`` (an image with more tiles
+    than that goes alone)."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    used = 0
+    for i, c in zip(indices, costs):
+        if cur and used + c > budget:
+            out.append(cur)
+            cur, used = [], 0
+        cur.append(i)
+        used += c
+    if cur:
+        out.append(cur)
+    return out

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from vlkit.config import VisionConfig
-    from vlkit.registry import ModelFamily
+    from vlkit.contract.family import ModelFamily
 
 
 @dataclass
@@ -28,7 +27,10 @@ class ImageItem:
         data: whatever ``forward`` needs (pixel values, grid sizes, ...).
         options: the per-image options the user gave (``max_pixels``...).
         hash: content hash of the decoded image plus options (cache key; set by the core).
-        meta: facts the chat template wrapper may need (e.g. Qwen2-VL's grid, tile counts).
+        meta: facts the chat template wrapper may need (e.g. Qwen2-VL's grid, tile counts);
+            the wrapper's ``image_text(index, num_tokens, meta)`` receives it.
+        num_tiles: how many crops ``forward`` encodes for this image (1 unless the family tiles
+            images); ``VisionConfig.max_batch_size`` counts these.
         source: set by the core (never by a plugin) on an item it did not preprocess because
             the same image bytes were seen before and their embeddings are cached; ``data`` is
             then empty, and ``source`` is what to preprocess should the cache have let them go.
@@ -40,6 +42,7 @@ class ImageItem:
     hash: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
     source: Any = None
+    num_tiles: int = 1
 
 
 class VisionModel(ABC):
@@ -48,20 +51,21 @@ class VisionModel(ABC):
     Subclasses implement :meth:`build_preprocessor`, :meth:`build_model`, :meth:`preprocess`
     and :meth:`forward`; :meth:`mrope_positions` only for families with 3-D rotary positions.
 
+    Threads: the core creates it on the pipeline's creating thread (the ``vlkit_vision_model``
+    hook), then calls every method below on the pipeline's engine thread, one call at a time.
+
     Args:
-        family: the matched :class:`~vlkit.registry.ModelFamily`.
+        family: the matched :class:`~vlkit.contract.family.ModelFamily`.
         hf_config: the checkpoint's ``config.json``.
         model_path: local checkpoint directory.
-        vision_config: the user's :class:`~vlkit.config.VisionConfig`.
+        tokenizer: the checkpoint's tokenizer (for families whose image inputs hold token ids).
     """
 
-    def __init__(
-        self, family: ModelFamily, hf_config: dict[str, Any], model_path: Path, vision_config: VisionConfig
-    ) -> None:
+    def __init__(self, family: ModelFamily, hf_config: dict[str, Any], model_path: Path, tokenizer: Any = None) -> None:
         self.family = family
         self.hf_config = hf_config
         self.model_path = Path(model_path)
-        self.vision_config = vision_config
+        self.tokenizer = tokenizer
         self.device: Any = "cpu"
         self.dtype: Any = None
         self.preprocessor: Any = None

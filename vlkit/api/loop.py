@@ -19,11 +19,14 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vlkit.malloc import tune_malloc
+from vlkit.api.malloc import tune_malloc
 
-logger = logging.getLogger("vlkit.loop")
+if TYPE_CHECKING:  # pragma: no cover
+    from vlkit.engine.request import Request
+
+logger = logging.getLogger("vlkit.api.loop")
 
 Callback = Callable[[Any, BaseException | None], None]
 
@@ -65,19 +68,23 @@ class EngineLoop:
             self._cond.notify_all()
         return fut.result()
 
-    def submit(self, request_id: Any, callback: Callback, **request: Any) -> None:
-        """Add a request; ``callback(output, error)`` is called for each output (and on failure).
+    def submit(self, request: Request, callback: Callback) -> str:
+        """Add a request (given a new id when it has none) and return its id;
+        ``callback(output, error)`` is called for each output (and on failure).
 
         Validation errors from the engine (prompt too long...) raise here, in the caller.
         """
+        if not request.request_id:
+            request.request_id = self.new_id()
         with self._cond:
             if self._dead is not None:
                 raise RuntimeError(f"the engine has failed: {self._dead}") from self._dead
             if self._closed:
                 raise RuntimeError("the pipeline is closed")
-            self.engine.add_request(request_id=request_id, **request)
-            self._callbacks[request_id] = callback
+            self.engine.add(request)
+            self._callbacks[request.request_id] = callback
             self._cond.notify_all()
+        return request.request_id
 
     def abort(self, request_id: Any) -> None:
         """Stop a request and free its KV blocks now; its callback gets no more outputs."""

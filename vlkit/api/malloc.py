@@ -26,7 +26,7 @@ import logging
 import os
 import sys
 
-logger = logging.getLogger("vlkit.malloc")
+logger = logging.getLogger("vlkit.api.malloc")
 
 # from glibc's malloc.h
 M_TRIM_THRESHOLD = -1

@@ -27,7 +27,7 @@ def demo_image_path() -> Path:
 def run_demo(directory: str | None = None, family: str = "llava", prompt: str = "Describe this image.",
              max_new_tokens: int = 24) -> int:
     import vlkit
-    from vlkit.registry import get_registry
+    from vlkit.contract.registry import get_registry
 
     reg = get_registry()
     try:

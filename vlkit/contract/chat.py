@@ -1,6 +1,6 @@
 """The ChatTemplateWrapper base class and sandboxed Jinja rendering of chat templates.
 
-A wrapper turns a :class:`~vlkit.messages.Conversation` into token ids with the family's image
+A wrapper turns a :class:`~vlkit.contract.messages.Conversation` into token ids with the family's image
 markers, and says which positions each image's embeddings fill. Templates are Jinja files with
 the variables HF chat templates use (``messages``, ``add_generation_prompt``, ``bos_token``,
 ``eos_token``...), so a template from a model repository drops in. Messages reach the template
@@ -17,13 +17,13 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlkit.messages import IMAGE_TOKEN, Conversation
+from vlkit.contract.messages import IMAGE_TOKEN, Conversation
 
 if TYPE_CHECKING:  # pragma: no cover
     from vlkit.config import ChatTemplateConfig
-    from vlkit.registry import ModelFamily
+    from vlkit.contract.family import ModelFamily
 
-__all__ = ["IMAGE_TOKEN", "ChatTemplateWrapper", "PromptInputs", "render_template", "core_template"]
+__all__ = ["IMAGE_TOKEN", "ChatTemplateWrapper", "PromptInputs", "TemplateError", "core_template", "render_template"]
 
 
 class TemplateError(ValueError):
@@ -104,26 +104,63 @@ def checkpoint_template(model_path: Path) -> str | None:
     return None
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except ValueError:
-        return None
+Span = tuple[int, int]
 
 
 @dataclass
 class PromptInputs:
-    """A rendered, tokenized prompt.
+    """A rendered, tokenized prompt: what :meth:`ChatTemplateWrapper.encode` returns.
 
     Args:
         prompt: the prompt text, image markers expanded.
         input_ids: token ids.
-        image_ranges: ``(start, end)`` positions each image's embeddings fill, in image order.
+        image_spans: for each image, in image order, the ``(start, end)`` position spans its
+            embeddings fill, in order: one span for most families, several where the family
+            interleaves text tokens with an image's tiles (Idefics3's ``<row_1_col_1>``...).
+            The spans of one image hold ``ImageItem.num_tokens`` positions in all, and the rows
+            of its embedding tensor fill them in order. A plain ``(start, end)`` in place of an
+            image's list means one span.
     """
 
     prompt: str
     input_ids: list[int]
-    image_ranges: list[tuple[int, int]]
+    image_spans: list[list[Span]]
+
+    def __post_init__(self) -> None:
+        self.image_spans = [[(int(s[0]), int(s[1]))] if _is_span(s) else [(int(a), int(b)) for a, b in s]
+                            for s in self.image_spans]
+
+    @property
+    def image_ranges(self) -> list[Span]:
+        """One ``(start, end)`` per image, for families whose images fill one span each."""
+        out = []
+        for i, spans in enumerate(self.image_spans):
+            if len(spans) != 1:
+                raise TemplateError(f"image {i} fills {len(spans)} spans; read image_spans")
+            out.append(spans[0])
+        return out
+
+
+def _is_span(x: Any) -> bool:
+    return isinstance(x, (tuple, list)) and len(x) == 2 and all(isinstance(v, int) for v in x)
+
+
+def _inline_placed(msg: dict[str, Any], marker: str) -> dict[str, Any]:
+    """``msg`` with each image the user placed in the text turned into ``marker`` in that text."""
+    content = msg.get("content")
+    if not isinstance(content, list) or not any(p.get("type") == "image" and p.get("placed") for p in content):
+        return msg
+    parts: list[dict[str, Any]] = []
+    for p in content:
+        if p.get("type") == "text" or (p.get("type") == "image" and p.get("placed")):
+            text = p["text"] if p.get("type") == "text" else marker
+            if parts and parts[-1].get("type") == "text":
+                parts[-1] = {"type": "text", "text": parts[-1]["text"] + text}
+            else:
+                parts.append({"type": "text", "text": text})
+        else:
+            parts.append(p)
+    return {**msg, "content": parts}
 
 
 class ChatTemplateWrapper:
@@ -137,7 +174,8 @@ class ChatTemplateWrapper:
     3. :meth:`expand_images` replaces the i-th marker with :meth:`image_text` ``(i, n)`` —
        e.g. ``"<image>" * n`` for LLaVA;
     4. :meth:`tokenize` encodes the prompt, and the positions holding :attr:`image_token`
-       ids are split, in order, into one range per image.
+       ids are handed out in order, ``num_tokens`` to each image; an image's positions may lie
+       in several spans with text tokens between them (:attr:`PromptInputs.image_spans`).
 
     Class attributes a family sets:
         image_marker: what the template emits for one image (``"<image>"``).
@@ -151,6 +189,10 @@ class ChatTemplateWrapper:
             piece, so that no token straddles an image, and fill each image's positions with
             :attr:`image_token_id`" — the tokenizer's ``unk`` id when its vocabulary has no
             image token, as the original checkpoints' have not.
+        inline_placed_images: for templates that render only a message's text parts: an
+            image the user placed inside the text (with ``IMAGE_TOKEN``) becomes
+            :attr:`image_marker` within that text, so the template keeps it where it was;
+            images not placed stay separate ``{"type": "image"}`` parts.
     """
 
     image_marker: str = "<image>"
@@ -158,6 +200,7 @@ class ChatTemplateWrapper:
     default_template: str | None = None
     stop_words: tuple[str, ...] = ()
     tokenize_between_images: bool = False
+    inline_placed_images: bool = False
 
     def __init__(
         self,
@@ -177,23 +220,19 @@ class ChatTemplateWrapper:
         self.template_name, self.template = self.select_template()
 
     def stop_token_ids(self) -> list[int]:
-        """Ids that end generation: the checkpoint's ``generation_config.json`` /
-        ``config.json`` ``eos_token_id`` (int or list), the tokenizer's EOS, and
+        """Ids that end generation: the checkpoint's EOS ids (``generation_config.json`` /
+        ``config.json`` ``eos_token_id``, the tokenizer's EOS; gathered by
+        :func:`vlkit.engine.stopping.checkpoint_eos_ids`, as the engine does) and
         :attr:`stop_words` that are single tokens."""
-        ids: list[int] = []
-        for src in (self.model_path / "generation_config.json", None):
-            cfg = self.hf_config if src is None else _read_json(src)
-            eos = (cfg or {}).get("eos_token_id")
-            ids += [eos] if isinstance(eos, int) else [int(e) for e in eos or []]
-        tok_eos = getattr(self.tokenizer, "eos_token_id", None)
-        if isinstance(tok_eos, int):
-            ids.append(tok_eos)
+        from vlkit.engine.stopping import checkpoint_eos_ids
+
+        ids = checkpoint_eos_ids(self.model_path, self.hf_config, self.tokenizer)
         unk = getattr(self.tokenizer, "unk_token_id", None)
         for word in self.stop_words:
             tid = self.tokenizer.convert_tokens_to_ids([word])[0]
             if tid is not None and tid != unk:
-                ids.append(int(tid))
-        return sorted(set(ids))
+                ids.add(int(tid))
+        return sorted(ids)
 
     # -- template choice -------------------------------------------------------------------
     def available_templates(self) -> dict[str, str]:
@@ -247,6 +286,8 @@ class ChatTemplateWrapper:
         msgs = conv.to_template()
         if self.config.system is not None and not (msgs and msgs[0]["role"] == "system"):
             msgs = [{"role": "system", "content": [{"type": "text", "text": self.config.system}]}] + msgs
+        if self.inline_placed_images:
+            msgs = [_inline_placed(m, self.image_marker) for m in msgs]
         return msgs
 
     def template_variables(self) -> dict[str, Any]:
@@ -322,8 +363,8 @@ class ChatTemplateWrapper:
         if num_image_tokens:
             text = self.expand_images(text, num_image_tokens, metas)
         ids = self.tokenize(text)
-        ranges = self.image_ranges(ids, num_image_tokens) if num_image_tokens else []
-        return PromptInputs(text, ids, ranges)
+        spans = self.image_spans(ids, num_image_tokens) if num_image_tokens else []
+        return PromptInputs(text, ids, spans)
 
     def _encode_between_images(self, text: str, num_image_tokens: list[int],
                                metas: list[dict[str, Any]] | None) -> PromptInputs:
@@ -333,31 +374,36 @@ class ChatTemplateWrapper:
         bos = getattr(self.tokenizer, "bos_token_id", None)
         image_id = self.image_token_id if num_image_tokens else 0
         ids: list[int] = []
-        ranges: list[tuple[int, int]] = []
+        ranges: list[list[Span]] = []
         for i, chunk in enumerate(chunks):
             piece = list(self.tokenizer(chunk).input_ids)  # each piece on its own, as LLaVA does
             if i > 0 and piece and bos is not None and piece[0] == bos:
                 piece = piece[1:]
             ids.extend(piece)
             if i < len(num_image_tokens):
-                ranges.append((len(ids), len(ids) + num_image_tokens[i]))
+                ranges.append([(len(ids), len(ids) + num_image_tokens[i])])
                 ids.extend([image_id] * num_image_tokens[i])
         prompt = self.expand_images(text, num_image_tokens, metas) if num_image_tokens else text
         return PromptInputs(prompt, ids, ranges)
 
-    def image_ranges(self, input_ids: list[int], num_image_tokens: list[int]) -> list[tuple[int, int]]:
-        """Split the positions of :attr:`image_token_id` into one contiguous range per image."""
+    def image_spans(self, input_ids: list[int], num_image_tokens: list[int]) -> list[list[Span]]:
+        """Hand the positions of :attr:`image_token_id` out in order, ``num_image_tokens[i]`` to
+        image ``i``, each image's as its contiguous spans."""
         tid = self.image_token_id
         positions = [i for i, t in enumerate(input_ids) if t == tid]
         if len(positions) != sum(num_image_tokens):
             raise TemplateError(
                 f"prompt has {len(positions)} image tokens, the images need {sum(num_image_tokens)}"
             )
-        ranges, k = [], 0
+        out: list[list[Span]] = []
+        k = 0
         for n in num_image_tokens:
-            start, end = positions[k], positions[k + n - 1] + 1
-            if end - start != n:
-                raise TemplateError("an image's tokens are not contiguous in the prompt")
-            ranges.append((start, end))
+            spans: list[Span] = []
+            for p in positions[k:k + n]:
+                if spans and spans[-1][1] == p:
+                    spans[-1] = (spans[-1][0], p + 1)
+                else:
+                    spans.append((p, p + 1))
+            out.append(spans)
             k += n
-        return ranges
+        return out

@@ -25,31 +25,6 @@ if TYPE_CHECKING:  # keep torch out of module import for cheap spec building
     from vlkit.models.spec import LanguageModelSpec
 
 
-class WeightShapeError(ValueError):
-    """A checkpoint tensor's shape differs from what the parameter expects."""
-
-    def __init__(self, expected: tuple, got: tuple):
-        super().__init__(f"expected shape {expected}, got {got}")
-        self.expected, self.got = expected, got
-
-
-class WeightLoadError(ValueError):
-    """The checkpoint does not fit the backbone: tensors missing or of the wrong shape."""
-
-    def __init__(self, model: str, missing: list[tuple[str, tuple]], misshaped: list[tuple[str, tuple, tuple]]):
-        self.missing, self.misshaped = missing, misshaped
-        parts = []
-        if misshaped:
-            shown = "; ".join(f"{n} (expected {e}, got {g})" for n, e, g in misshaped[:5])
-            more = f" and {len(misshaped) - 5} more" if len(misshaped) > 5 else ""
-            parts.append(f"{len(misshaped)} tensor(s) with the wrong shape: {shown}{more}")
-        if missing:
-            shown = "; ".join(f"{n} (expected shape {s})" for n, s in missing[:5])
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            parts.append(f"{len(missing)} tensor(s) missing: {shown}{more}")
-        super().__init__(f"checkpoint does not match {model}: " + "; ".join(parts))
-
-
 _INDEXES = (("safetensors", "model.safetensors.index.json"), ("bin", "pytorch_model.bin.index.json"))
 _SINGLES = (("safetensors", "model.safetensors"), ("bin", "pytorch_model.bin"))
 
@@ -171,13 +146,6 @@ def read_tensors(
     return out
 
 
-def iter_spec_weights(spec: LanguageModelSpec) -> Iterator[tuple[str, torch.Tensor]]:
-    """The checkpoint tensors of the language model, renamed through ``spec.rename``."""
-    for name, tensor in iter_checkpoint_tensors(spec.model_path):
-        new = spec.rename(name)
-        if new is not None:
-            yield new, tensor
-
 
 @contextmanager
 def _default_dtype(dtype):
@@ -194,19 +162,50 @@ def _default_dtype(dtype):
 def load_backbone(spec: LanguageModelSpec, device: Any = "cpu", dtype: Any = None) -> LanguageBackbone:
     """Build ``spec.architecture``'s backbone on ``device`` in ``dtype`` and load its weights.
 
-    Under tensor parallelism call it on every rank after :func:`vlkit.distributed.init_tp`:
+    Under tensor parallelism call it on every rank after :func:`vlkit.layers.tp.init_tp`:
     each rank keeps its own slice.
     """
     import torch
 
+    from vlkit.layers.weights import WeightLoadError
     from vlkit.models.backbones import get_backbone_class
 
-    cls = get_backbone_class(spec.architecture)
+    cls = get_backbone_class(spec.architecture, spec.backbone)
     dtype = dtype or torch.float32
     with torch.device(device), _default_dtype(dtype):
         model = cls(dict(spec.config))
-    model.load_weights(iter_spec_weights(spec))
+    skipped: list[str] = []
+    renamed: list[str] = []
+
+    def weights() -> Iterator[tuple[str, torch.Tensor]]:
+        for name, tensor in iter_checkpoint_tensors(spec.model_path):
+            new = spec.rename(name)
+            if new is None:
+                skipped.append(name)
+                continue
+            renamed.append(new)
+            yield new, tensor
+
+    try:
+        model.load_weights(weights())
+    except WeightLoadError as exc:
+        n_params = sum(len(getattr(p, "shard_ids", (None,))) for _, p in model.named_parameters())
+        if renamed and len(exc.missing) < n_params:
+            raise  # some tensors loaded: the message's list is the story
+        hint = _mapping_hint(spec, skipped[:4], renamed[:4])
+        raise WeightLoadError(type(model).__name__, exc.missing, exc.misshaped, hint=hint) from None
     return model.eval()
+
+
+def _mapping_hint(spec: LanguageModelSpec, skipped: list[str], renamed: list[str]) -> str:
+    """Why no parameter got a tensor: the spec's prefixes matched nothing, or renamed to names
+    the backbone does not have."""
+    pairs = ", ".join(f"{src!r} -> {dst!r}" for src, dst in spec.weight_prefixes) or "none"
+    if not renamed:
+        return (f"No tensor of {spec.model_path} matched the spec's weight_prefixes ({pairs}); its tensors are "
+                f"named like {skipped}: the family's vlkit_language_model_spec maps the wrong prefixes")
+    return (f"The spec's weight_prefixes ({pairs}) renamed tensors of {spec.model_path} to names like {renamed}, "
+            f"none of which is a parameter of {spec.architecture}: the target prefixes are wrong")
 
 
 def read_config(model_path: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Plugin loading and model-family lookup.
+"""Plugin loading, model-family lookup and dispatch by ownership.
 
 Plugins are distributions with entry points in the group ``vlkit``. Each is imported inside
 its own error guard: one that raises is recorded in :func:`failed_plugins` and skipped, and
@@ -8,26 +8,42 @@ everything else keeps working. ``VLKIT_LOAD_PLUGINS=a,b`` loads only the named e
 A checkpoint is matched to a family by the ``architectures`` of its ``config.json``. When two
 families claim one architecture, the higher :attr:`ModelFamily.priority` wins, then the
 family name that sorts first; a :class:`VlkitPluginConflictWarning` names both.
+
+**Dispatch by ownership.** The registry records which plugin registered each family, and
+:meth:`Registry.build` calls a family's hooks on that plugin alone (pluggy's
+``subset_hook_caller``), then on the core's fallbacks (:mod:`vlkit.contract.builtin`). No plugin
+is asked about a family it does not own, so no hook needs an "is this family mine?" test.
+Plain text checkpoints (an architecture a core or plugin backbone serves, claimed by no
+family) belong to the built-in :data:`~vlkit.contract.builtin.TEXT_FAMILY`.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import threading
 import traceback
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
-from vlkit import hookspecs
+from vlkit.contract import builtin, hookspecs
+from vlkit.contract.family import ModelFamily
+
+if TYPE_CHECKING:  # pragma: no cover
+    from vlkit.config import ChatTemplateConfig
+    from vlkit.contract.chat import ChatTemplateWrapper
+    from vlkit.contract.vision import VisionModel
+    from vlkit.models.spec import LanguageModelSpec
+
+__all__ = [
+    "ModelFamily", "ModelParts", "PluginInfo", "Registry", "UnknownArchitectureError", "VlkitPluginConflictWarning",
+    "find_family", "get_registry", "read_config", "reset_registry", "resolve_model_path",
+]
 
 ENTRY_POINT_GROUP = "vlkit"
 _ENV_LOAD = "VLKIT_LOAD_PLUGINS"
@@ -41,52 +57,25 @@ class UnknownArchitectureError(ValueError):
     """No installed family (and no core backbone) serves a checkpoint's architecture."""
 
 
-@dataclass(frozen=True)
-class ModelFamily:
-    """A model family a plugin serves.
+@dataclass
+class ModelParts:
+    """What :meth:`Registry.build` makes of a checkpoint: everything but the engine.
 
     Args:
-        name: short unique name (``"llava"``, ``"qwen2-vl"``).
-        architectures: the HF ``config.json`` ``architectures`` values it serves.
-        chat_templates: template name -> path of a ``.jinja`` file; the first is the default.
-        tiny_checkpoint: ``factory(directory, **options) -> Path`` writing a tiny random-weight
-            checkpoint of this family in its real on-disk format (the conformance kit uses it).
-        description: one line for ``vlkit list-models``.
-        priority: breaks ties when two families claim one architecture (higher wins).
-        plugin: set by the registry: the entry-point name that registered this family.
+        family: the family that serves it (:data:`~vlkit.contract.builtin.TEXT_FAMILY` for a
+            plain text checkpoint).
+        tokenizer: from the owner's ``vlkit_tokenizer`` or ``AutoTokenizer``.
+        spec: the language model, for the engine.
+        chat_template: the prompt builder; ``None`` only for a text checkpoint with no template.
+        vision: the unbuilt VisionModel (``build_preprocessor``/``build_model`` not called yet);
+            ``None`` for a text checkpoint.
     """
 
-    name: str
-    architectures: tuple[str, ...]
-    chat_templates: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
-    tiny_checkpoint: Callable[..., Path] | None = field(default=None, hash=False, compare=False)
-    description: str = ""
-    priority: int = 0
-    plugin: str = ""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "architectures", tuple(self.architectures))
-
-
-def template_file(package: str, name: str) -> str:
-    """Path of ``templates/NAME.jinja`` inside the installed ``package`` (a plugin's, or
-    ``"vlkit"`` for the core's): the value for :attr:`ModelFamily.chat_templates`."""
-    return str(resources.files(package).joinpath("templates", f"{name}.jinja"))
-
-
-def lazy_factory(target: str) -> Callable[..., Path]:
-    """A :attr:`ModelFamily.tiny_checkpoint` that imports ``"module:function"`` only when
-    called, so that a plugin's hooks module stays free of torch and transformers imports."""
-    module, _, attr = target.partition(":")
-    if not module or not attr:
-        raise ValueError(f"lazy_factory wants 'module:function', got {target!r}")
-
-    def tiny_checkpoint(directory: str | os.PathLike[str], **options: Any) -> Path:
-        return getattr(importlib.import_module(module), attr)(directory, **options)
-
-    tiny_checkpoint.__name__ = tiny_checkpoint.__qualname__ = attr
-    tiny_checkpoint.__doc__ = f"Write a tiny random-weight checkpoint ({module}.{attr})."
-    return tiny_checkpoint
+    family: ModelFamily
+    tokenizer: Any
+    spec: LanguageModelSpec
+    chat_template: ChatTemplateWrapper | None
+    vision: VisionModel | None
 
 
 @dataclass(frozen=True)
@@ -123,9 +112,7 @@ class Registry:
         self.plugins: list[PluginInfo] = []
         self._families: list[ModelFamily] | None = None
         self._backbones: dict[str, type] | None = None
-        from vlkit import defaults
-
-        self.pm.register(defaults, name="vlkit.defaults")
+        self.pm.register(builtin, name=builtin.PLUGIN_NAME)
         if load_entry_points:
             self._load_entry_points()
 
@@ -219,6 +206,73 @@ class Registry:
                 return fam
         raise KeyError(f"no installed family named {name!r}; installed: {[f.name for f in self.families()]}")
 
+    def family_for_config(self, hf_config: dict[str, Any]) -> ModelFamily:
+        """The family serving a checkpoint's ``config.json``: a plugin's, else the built-in text
+        family when a backbone serves the architecture.
+
+        :raises UnknownArchitectureError: listing the installed families.
+        """
+        archs = list(hf_config.get("architectures") or [])
+        fam = self.family_for_architectures(archs)
+        if fam is not None:
+            return fam
+        if set(archs) & set(self.text_architectures()):
+            return builtin.TEXT_FAMILY
+        raise UnknownArchitectureError(unknown_architecture_message(archs, self))
+
+    # -- dispatch by ownership -------------------------------------------------------------
+    def owner_hook(self, name: str, family: ModelFamily) -> Any:
+        """Hook ``name`` as the family's owner answers it: that plugin's implementation, then
+        the core's fallbacks; no other plugin is called."""
+        keep = {family.plugin, builtin.PLUGIN_NAME}
+        others = [p for n, p in self.pm.list_name_plugin() if n not in keep]
+        return self.pm.subset_hook_caller(name, remove_plugins=others)
+
+    def build(
+        self, model_path: Path, hf_config: dict[str, Any], chat_template_config: ChatTemplateConfig
+    ) -> ModelParts:
+        """Everything a pipeline needs of a checkpoint but the engine, from the owning plugin.
+
+        Calls, in this order and on the caller's thread, ``vlkit_tokenizer``,
+        ``vlkit_language_model_spec``, ``vlkit_chat_template_wrapper`` and ``vlkit_vision_model``
+        of the family's owner (falling back to the core's defaults).
+        """
+        family = self.family_for_config(hf_config)
+
+        def call(hook: str, **extra: Any) -> Any:
+            return self.owner_hook(hook, family)(family=family, hf_config=hf_config, model_path=model_path, **extra)
+
+        tokenizer = call("vlkit_tokenizer")
+        spec = call("vlkit_language_model_spec")
+        if spec is None:
+            raise ValueError(f"family {family.name!r} (plugin {family.plugin!r}) gave no language model "
+                             f"description for {model_path}")
+        spec = self._with_backbone(spec)
+        chat_template = call("vlkit_chat_template_wrapper", tokenizer=tokenizer,
+                             chat_template_config=chat_template_config)
+        vision = call("vlkit_vision_model", tokenizer=tokenizer)
+        if family is not builtin.TEXT_FAMILY:
+            for what, got in (("ChatTemplateWrapper", chat_template), ("VisionModel", vision)):
+                if got is None:
+                    raise ValueError(f"plugin {family.plugin!r} returned no {what} for family {family.name!r}")
+        return ModelParts(family, tokenizer, spec, chat_template, vision)
+
+    def _with_backbone(self, spec: LanguageModelSpec) -> LanguageModelSpec:
+        """Point ``spec`` at a plugin's backbone class when no core backbone has its name, so that
+        tensor-parallel workers import it without a registry of their own."""
+        from vlkit.models.backbones import BUILTIN_BACKBONES
+
+        if spec.backbone or spec.architecture in BUILTIN_BACKBONES:
+            return spec
+        cls = self.language_backbones().get(spec.architecture)
+        return replace(spec, backbone=f"{cls.__module__}:{cls.__qualname__}") if cls is not None else spec
+
+    def text_architectures(self) -> list[str]:
+        """Architectures a language backbone serves: the core's and the plugins'."""
+        from vlkit.models.backbones import BUILTIN_BACKBONES
+
+        return sorted(set(BUILTIN_BACKBONES) | set(self.language_backbones()))
+
     # -- backbones -------------------------------------------------------------------------
     def language_backbones(self) -> dict[str, type]:
         if self._backbones is None:
@@ -241,11 +295,8 @@ class Registry:
 
 
 def _with_plugin(fam: ModelFamily, plugin: str) -> ModelFamily:
-    if fam.plugin:
-        return fam
-    from dataclasses import replace
-
-    return replace(fam, plugin=plugin)
+    """The family as registered: owned by the plugin whose hook declared it."""
+    return fam if fam.plugin == plugin else replace(fam, plugin=plugin)
 
 
 def _describe(exc: BaseException) -> str:
@@ -281,11 +332,6 @@ def reset_registry() -> None:
 
 def plugin_manager() -> pluggy.PluginManager:
     return get_registry().pm
-
-
-def language_backbones() -> dict[str, type]:
-    """Backbone classes added by plugins (architecture -> class)."""
-    return get_registry().language_backbones()
 
 
 # -- checkpoint lookup --------------------------------------------------------------------
@@ -378,6 +424,7 @@ _KNOWN_PLUGINS = {
         "DeepseekVLHybridForConditionalGeneration",
     ),
     "vlkit-plugin-mobilevlm": ("MobileLlamaForCausalLM",),
+    "vlkit-plugin-idefics3": ("Idefics3ForConditionalGeneration",),
 }
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 
 def _families_payload() -> dict[str, Any]:
-    from vlkit.registry import get_registry
+    from vlkit.contract.registry import get_registry
 
     reg = get_registry()
     versions = {p.name: p.version for p in reg.plugins}
@@ -55,7 +55,7 @@ def cmd_list_models(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from vlkit.registry import get_registry
+    from vlkit.contract.registry import get_registry
 
     reg = get_registry()
     reg.families()
@@ -79,7 +79,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def cmd_scaffold(args: argparse.Namespace) -> int:
-    from vlkit.scaffold import ScaffoldError, scaffold
+    from vlkit.cli.scaffold import ScaffoldError, scaffold
 
     try:
         path = scaffold(args.name, output_dir=args.output_dir, no_input=args.no_input)
@@ -117,13 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_command_adders() -> list[Any]:
-    from vlkit import commands
+    from vlkit.cli import commands
 
     return commands.ADDERS
 
 
 def _plugin_commands(sub: argparse._SubParsersAction) -> None:
-    from vlkit.registry import get_registry
+    from vlkit.contract.registry import get_registry
 
     reg = get_registry()
     for impl in reg.pm.hook.vlkit_register_commands.get_hookimpls():

@@ -1,4 +1,4 @@
-"""Tensor parallelism: the process group, the collectives parallel layers use, and worker processes.
+"""Tensor-parallel worker processes (the group itself and its collectives: :mod:`vlkit.layers.tp`).
 
 With ``EngineConfig(tp=N)`` the engine process is rank 0: it schedules, samples and sends each
 step's inputs to ``N - 1`` spawned worker processes (ranks ``1..N-1``). Every rank holds a
@@ -23,19 +23,16 @@ import atexit
 import contextlib
 import datetime
 import os
-import socket
 import sys
 import traceback
 import weakref
-from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
-# Seconds a collective may wait for a peer before failing (a peer that died mid-step).
-COLLECTIVE_TIMEOUT_S = float(os.environ.get("VLKIT_TP_TIMEOUT", "120"))
+from vlkit.layers.tp import backend_for, destroy_tp, free_port, init_tp
+
 # Seconds rank 0 waits for workers to load their weights.
 STARTUP_TIMEOUT_S = float(os.environ.get("VLKIT_TP_STARTUP_TIMEOUT", "600"))
 
@@ -44,80 +41,9 @@ class WorkerDiedError(RuntimeError):
     """A tensor-parallel worker process exited or failed."""
 
 
-@dataclass
-class _TPState:
-    rank: int = 0
-    world_size: int = 1
-
-
-_STATE = _TPState()
-
-
-def tp_rank() -> int:
-    """This process's tensor-parallel rank (0 without TP)."""
-    return _STATE.rank
-
-
-def tp_world_size() -> int:
-    """The tensor-parallel degree (1 without TP)."""
-    return _STATE.world_size
-
-
-def all_reduce(x: torch.Tensor) -> torch.Tensor:
-    """Sum ``x`` over all ranks in place (no-op with ``tp=1``)."""
-    if _STATE.world_size > 1:
-        dist.all_reduce(x)
-    return x
-
-
-def gather_to_first(x: torch.Tensor, dim: int = -1) -> torch.Tensor | None:
-    """Concatenate every rank's ``x`` along ``dim`` on rank 0; other ranks get ``None``."""
-    if _STATE.world_size == 1:
-        return x
-    x = x.contiguous()
-    if _STATE.rank == 0:
-        parts = [torch.empty_like(x) for _ in range(_STATE.world_size)]
-        dist.gather(x, parts, dst=0)
-        return torch.cat(parts, dim=dim)
-    dist.gather(x, None, dst=0)
-    return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_tp(rank: int, world_size: int, init_method: str, backend: str) -> None:
-    """Join the tensor-parallel group (called by every rank, rank 0 included)."""
-    dist.init_process_group(
-        backend=backend,
-        init_method=init_method,
-        rank=rank,
-        world_size=world_size,
-        timeout=datetime.timedelta(seconds=COLLECTIVE_TIMEOUT_S),
-    )
-    _STATE.rank, _STATE.world_size = rank, world_size
-
-
-def destroy_tp() -> None:
-    if dist.is_available() and dist.is_initialized():
-        try:
-            dist.destroy_process_group()
-        except Exception:
-            pass
-    _STATE.rank, _STATE.world_size = 0, 1
-
-
-def backend_for(device: torch.device) -> str:
-    return "nccl" if device.type == "cuda" else "gloo"
-
-
-def _worker_main(rank: int, world_size: int, init_method: str, runner_kwargs: dict[str, Any], conn) -> None:
+def _worker_main(rank: int, world_size: int, init_method: str, runner_cls: type, runner_kwargs: dict[str, Any],
+                 conn) -> None:
     """Entry point of a spawned worker: build the runner, then execute steps until told to stop."""
-    from vlkit.engine.runner import ModelRunner
-
     runner_kwargs = {**runner_kwargs, "rank": rank}
     try:
         device = torch.device(runner_kwargs["device"])
@@ -128,7 +54,7 @@ def _worker_main(rank: int, world_size: int, init_method: str, runner_kwargs: di
         if runner_kwargs.get("num_threads"):
             torch.set_num_threads(runner_kwargs["num_threads"])
         init_tp(rank, world_size, init_method, backend_for(device))
-        runner = ModelRunner(**runner_kwargs)
+        runner = runner_cls(**runner_kwargs)
         conn.send(("loaded", runner.memory_report()))
         while True:
             msg = conn.recv()
@@ -206,7 +132,7 @@ class TPWorkers:
     ``close`` stops them (also run at interpreter exit and when this object is collected).
     """
 
-    def __init__(self, world_size: int, runner_kwargs: dict[str, Any]):
+    def __init__(self, world_size: int, runner_cls: type, runner_kwargs: dict[str, Any]):
         self.world_size = world_size
         device = torch.device(runner_kwargs["device"])
         init_method = f"tcp://127.0.0.1:{free_port()}"
@@ -217,7 +143,7 @@ class TPWorkers:
             parent, child = ctx.Pipe()
             p = ctx.Process(
                 target=_worker_main,
-                args=(rank, world_size, init_method, runner_kwargs, child),
+                args=(rank, world_size, init_method, runner_cls, runner_kwargs, child),
                 daemon=True,
                 name=f"vlkit-tp-worker-{rank}",
             )

@@ -23,7 +23,8 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--max-new-tokens", type=int, default=256)
+    g.add_argument("--max-new-tokens", type=int, default=None,
+                   help="tokens to generate at most (default: GenerationConfig's, 512)")
     g.add_argument("--temperature", type=float, default=None, help="sample with this temperature (default: greedy)")
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)
@@ -38,8 +39,9 @@ def _generation_config(args: argparse.Namespace) -> Any:
     from vlkit.config import GenerationConfig
 
     sample = args.temperature is not None and args.temperature > 0
+    limit = {} if args.max_new_tokens is None else {"max_new_tokens": args.max_new_tokens}
     return GenerationConfig(
-        max_new_tokens=args.max_new_tokens,
+        **limit,
         do_sample=sample,
         temperature=args.temperature if sample else 1.0,
         top_k=args.top_k,
@@ -96,7 +98,7 @@ def _print_response(pipe: Any, prompt: Any, gen: Any, stream: bool) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from vlkit.messages import MessageError
+    from vlkit.contract.messages import MessageError
 
     try:
         with _pipeline(args) as pipe:
@@ -123,7 +125,7 @@ CHAT_HELP = """Commands: /image PATH_OR_URL  attach an image to your next messag
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
-    from vlkit.api import Session
+    from vlkit.api.pipeline import Session
 
     gen = _generation_config(args)
     with _pipeline(args) as pipe:
@@ -170,7 +172,7 @@ def add_chat(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from vlkit.demo import run_demo
+    from vlkit.cli.demo import run_demo
 
     return run_demo(args.dir, family=args.family, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
 

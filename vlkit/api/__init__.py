@@ -1,0 +1,1 @@
+"""The user-facing pipeline: prompts to Requests, the engine loop thread, responses."""
