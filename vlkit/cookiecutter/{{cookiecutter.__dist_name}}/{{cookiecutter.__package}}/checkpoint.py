@@ -1,26 +1,25 @@
 """Tiny random-weight checkpoints of the ``{{ cookiecutter._name }}`` family, in its real on-disk format.
 
 The conformance suite (``vlkit.testing.conformance``) and this plugin's tests run on them; no
-weights need downloading. A checkpoint directory holds what a released one does:
+weights need downloading. The checkpoint is written by transformers itself: the reference class
+(``LlavaForConditionalGeneration``, whose layout this family starts from) is built with tiny
+sizes and random weights and saved with ``save_pretrained``, so tensor names, config keys and
+processor files are exactly what a released checkpoint of that class holds, in whatever
+layout the installed transformers writes. Only ``architectures`` is changed, to
+``[{{ cookiecutter.architecture | jsonify }}]``, so that vlkit picks this family. When your
+model is not LLaVA-shaped, build your own reference class here the same way.
 
-* ``config.json`` -- ``architectures: [{{ cookiecutter.architecture | jsonify }}]``, a CLIP
-  ``vision_config``, a LLaMA ``text_config``, the image token id, projector and feature-layer
-  settings (keyed as transformers' LLaVA config, ``model_type: llava``, so that
-  ``LlavaForConditionalGeneration`` can serve as the reference implementation);
-* ``model.safetensors`` (or shards with an index) -- ``model.vision_tower.*``,
-  ``model.multi_modal_projector.linear_{1,2}.*``, ``model.language_model.*``, ``lm_head.*``;
-* tokenizer files -- a real fast tokenizer with ``<image>`` as a special token;
-* ``preprocessor_config.json`` (``CLIPImageProcessor``) and ``processor_config.json``;
-* the chat template (``chat_template.jinja`` and in ``tokenizer_config.json``).
-
-The same options always write the same checkpoint (weights come from ``seed``).
+The directory holds ``config.json``, ``model.safetensors`` (or shards with an index), the
+tokenizer files (a real fast tokenizer with ``<image>`` as a special token),
+``preprocessor_config.json`` (``CLIPImageProcessor``), ``processor_config.json`` and the chat
+template. The same options always write the same checkpoint (weights come from ``seed``).
 """
 
 from __future__ import annotations
 
+import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 from {{ cookiecutter.__package }}.hooks import ARCHITECTURE, FAMILY
 
@@ -46,22 +45,15 @@ def write_tiny_checkpoint(
         ``(image_size // patch_size) ** 2`` embeddings.
     :param vocab_size: size the test tokenizer is trained to (the model's vocabulary is the
         tokenizer's length).
-    :param shards: write the weights as that many safetensors shards plus an index.
+    :param shards: write the weights as about that many safetensors shards plus an index.
     """
-    import torch
-    from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaForCausalLM
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
     from vlkit.testing import (
         clip_image_processor_config,
         make_tokenizer,
         random_state_dict,
-        save_tokenizer,
         tiny_clip_vision_config,
         tiny_llama_config,
-        write_chat_template,
-        write_config,
-        write_json,
-        write_preprocessor_config,
-        write_safetensors,
     )
 
     directory = Path(directory)
@@ -77,47 +69,38 @@ def write_tiny_checkpoint(
         hidden_size=text_hidden_size, intermediate_size=2 * text_hidden_size, num_layers=text_layers,
         vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
     )
-
-    # weights: each part built as its own module, stored under the names this family uses
-    tower = CLIPVisionModel(CLIPVisionConfig(**{k: v for k, v in vision.items() if k != "model_type"}))
-    projector = torch.nn.Sequential(
-        torch.nn.Linear(vision_hidden_size, text_hidden_size), torch.nn.GELU(),
-        torch.nn.Linear(text_hidden_size, text_hidden_size),
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(**{k: v for k, v in vision.items() if k != "model_type"}),
+        text_config=LlamaConfig(**{k: v for k, v in text.items() if k != "model_type"}),
+        image_token_id=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+        image_seq_length=(image_size // patch_size) ** 2,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=False,
     )
-    language = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in text.items() if k != "model_type"}))
-    state: dict[str, Any] = {}
-    for name, t in random_state_dict(tower, seed, std=0.05).items():
-        state[f"model.vision_tower.{name}"] = t
-    proj = random_state_dict(projector, seed + 1, std=0.1)
-    for i, layer in ((0, "linear_1"), (2, "linear_2")):
-        state[f"model.multi_modal_projector.{layer}.weight"] = proj[f"{i}.weight"]
-        state[f"model.multi_modal_projector.{layer}.bias"] = proj[f"{i}.bias"]
-    for name, t in random_state_dict(language, seed + 2).items():
-        state["model.language_model." + name[len("model."):] if name.startswith("model.") else name] = t
-    write_safetensors(directory, state, shards=shards)
+    model = LlavaForConditionalGeneration(config).eval()
+    state = random_state_dict(model, seed + 2)  # the language model's scale (see random_state_dict)
+    for name, module in model.named_modules():  # smaller weights for the tower and projector
+        for offset, (part, std) in enumerate((("vision_tower", 0.05), ("multi_modal_projector", 0.1))):
+            if name.split(".")[-1] == part:
+                state.update({f"{name}.{k}": v for k, v in random_state_dict(module, seed + offset, std=std).items()})
+    model.load_state_dict(state)
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    max_shard: int | str = size // shards + 1 if shards else "10GB"
+    model.save_pretrained(str(directory), max_shard_size=max_shard)
 
-    write_config(directory, {
-        "architectures": [ARCHITECTURE],
-        "model_type": "llava",
-        "vision_config": vision,
-        "text_config": text,
-        "image_token_id": tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
-        "image_seq_length": (image_size // patch_size) ** 2,
-        "projector_hidden_act": "gelu",
-        "multimodal_projector_bias": True,
-        "vision_feature_layer": -2,
-        "vision_feature_select_strategy": "default",
-        "tie_word_embeddings": False,
-        "dtype": "float32",
-    })
-    save_tokenizer(tokenizer, directory)
-    write_preprocessor_config(directory, clip_image_processor_config(image_size))
-    write_json(directory / "processor_config.json", {
-        "processor_class": "LlavaProcessor",
-        "image_token": IMAGE_TOKEN,
-        "patch_size": patch_size,
-        "num_additional_image_tokens": 1,
-        "vision_feature_select_strategy": "default",
-    })
-    write_chat_template(directory, template)
+    cfg_path = directory / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg["architectures"] = [ARCHITECTURE]
+    cfg_path.write_text(json.dumps(cfg, indent=2))
+
+    from transformers import CLIPImageProcessor
+
+    proc = clip_image_processor_config(image_size)
+    image_processor = CLIPImageProcessor(**{k: v for k, v in proc.items() if k != "image_processor_type"})
+    LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=template,
+    ).save_pretrained(str(directory))
     return directory

@@ -22,9 +22,14 @@ from vlkit.plugin import ImageItem, VisionModel, read_tensors
 
 from {{ cookiecutter.__package }}.hooks import FAMILY
 
-#: checkpoint tensor prefix -> module prefix; the first matching pair wins. Both the current
-#: transformers layout (``model.vision_tower.``) and the older one (``vision_tower.``) load.
+#: checkpoint tensor prefix -> module prefix; the first matching pair wins. The layouts
+#: transformers has written all load: ``vision_tower.vision_model.*`` (llava-hf on the hub),
+#: ``vision_tower.*`` (transformers 5's save_pretrained) and both under ``model.``; the tower
+#: module itself is named as the installed transformers' ``CLIPVisionModel`` names it (with or
+#: without ``vision_model.``).
 WEIGHT_PREFIXES = (
+    ("model.vision_tower.vision_model.", "tower."),
+    ("vision_tower.vision_model.", "tower."),
     ("model.vision_tower.", "tower."),
     ("vision_tower.", "tower."),
     ("model.multi_modal_projector.linear_1.", "projector.0."),
@@ -150,15 +155,18 @@ class {{ cookiecutter.__prefix }}VisionModel(VisionModel):
 def read_vision_tensors(model_path: Path, expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """The vision tower and projector tensors of a checkpoint, renamed to the module's names.
 
-    :func:`vlkit.engine.loader.read_tensors` opens only the shards holding them (safetensors or
+    ``vlkit.plugin.read_tensors`` opens only the shards holding them (safetensors or
     ``.bin``, sharded or not) and never loads the language model.
     """
 
     def rename(name: str) -> str | None:
         for src, dst in WEIGHT_PREFIXES:
             if name.startswith(src):
-                new = dst + name[len(src):]
-                return new if new in expected else None
+                rest = name[len(src):]
+                for new in (dst + rest, dst + "vision_model." + rest):
+                    if new in expected:
+                        return new
+                return None
         return None
 
     try:
