@@ -7,6 +7,17 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"
+sys.path.insert(0, os.path.dirname(__file__))  # pytest's importlib mode: make media_server importable
+
+
+@pytest.fixture()
+def media_server():
+    """A local HTTP server with an image, a drip, a hang, redirects and a 404 (tests/media_server.py)."""
+    from media_server import MediaServer
+
+    server = MediaServer()
+    yield server
+    server.close()
 
 
 def pip_install_target(target: Path, *packages: str) -> None:

@@ -134,13 +134,17 @@ class VisionConfig:
             tiles than this is encoded alone).
         feature_cache_size: encoded images kept, keyed by content hash (LRU); 0 disables.
         max_image_pixels: images with more pixels are refused (decompression bombs).
-        url_timeout: seconds to wait for an http(s) image.
+        url_timeout: seconds a whole http(s) image download may take (the Python API's
+            default media policy; a server sets its own).
+        media_workers: threads that fetch, decode and preprocess images, off the engine thread
+            (at most this many images are in the works at once, across all requests).
     """
 
     max_batch_size: int = 16
     feature_cache_size: int = 256
     max_image_pixels: int = 64_000_000
     url_timeout: float = 10.0
+    media_workers: int = 4
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

@@ -5,6 +5,13 @@ image in a second chat turn or another request is not encoded again. Cache misse
 in batches of up to ``VisionConfig.max_batch_size`` tiles (an :class:`ImageItem` says how many it
 has: ``num_tiles``).
 
+Loading and preprocessing run off the engine thread, on a small pool of media threads
+(``VisionConfig.media_workers``): fetching a URL, decoding a large PNG or resizing it never
+pauses other requests' generation. A request's images are loaded and preprocessed one at a
+time, so its peak memory tracks one decoded image, not all of them; the family's
+``VisionModel.preprocess`` is called one image at a time, under a lock (so a plugin's
+preprocessing never runs twice at once), while ``forward`` runs on the engine thread.
+
 The same image *bytes* again (a chat client resends its history, base64 images included, every
 turn) are not even decoded: a second, small LRU maps a hash of the source bytes plus options to
 what preprocessing said about them (token count, template facts, content hash). Such an item
@@ -18,10 +25,21 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from vlkit.api.media import ImageLoadError, decode_image_bytes, image_hash, load_image, read_image_bytes
+from vlkit.api.fetch import MediaPolicy
+from vlkit.api.media import (
+    ImageLoadError,
+    _check_pixels,
+    _upright_rgb,
+    decode_image_bytes,
+    finish_decode,
+    image_hash,
+    open_image,
+    read_image_bytes,
+)
 from vlkit.config import VisionConfig
 from vlkit.contract.messages import ImageRef
 from vlkit.contract.vision import ImageItem, VisionModel
@@ -41,50 +59,77 @@ class ImageEncoder:
         # hash of source bytes + options -> (content hash, num_tokens, meta) of a preprocessed image
         self._by_source: OrderedDict[str, tuple[str, int, dict[str, Any]]] = OrderedDict()
         self._lock = threading.Lock()
+        self._preprocess_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self.stats = {"encoded": 0, "cache_hits": 0, "forward_calls": 0, "preprocessed": 0, "source_hits": 0}
 
-    def load(self, ref: ImageRef) -> Any:
-        return load_image(ref.source, max_pixels=self.config.max_image_pixels, timeout=self.config.url_timeout)
+    def default_policy(self) -> MediaPolicy:
+        return MediaPolicy.trusted(self.config.url_timeout)
 
-    def preprocess(self, refs: list[ImageRef]) -> list[ImageItem]:
-        """Decode and preprocess; raises :class:`vlkit.api.media.ImageLoadError` naming the bad image.
+    def preprocess(self, refs: list[ImageRef], policy: MediaPolicy | None = None) -> list[ImageItem]:
+        """Load and preprocess a request's images, one at a time, on the media threads.
 
-        Images whose bytes (and options) were preprocessed before and whose embeddings are in
-        the cache come back without pixels, their ``source`` set (see the module docstring).
+        Call it from any thread but the engine's. Images whose bytes (and options) were
+        preprocessed before and whose embeddings are in the cache come back without pixels,
+        their ``source`` set (see the module docstring).
+
+        :raises ImageLoadError: naming the bad image (index) and why, also for more images or
+            more pixels in all than ``policy`` allows.
         """
+        policy = policy or self.default_policy()
+        if policy.max_images is not None and len(refs) > policy.max_images:
+            raise ImageLoadError(f"the request has {len(refs)} images, over the limit of {policy.max_images} "
+                                 "per request (--limit-mm-per-prompt)")
+        budget = [policy.max_total_pixels]
+        out = []
+        for i, ref in enumerate(refs):
+            try:
+                out.append(self._media_pool().submit(self._one, ref, policy, budget).result())
+            except ImageLoadError as exc:
+                raise ImageLoadError(f"image {i}: {exc}") from exc
+        return out
+
+    def _media_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max(1, self.config.media_workers), thread_name_prefix="vlkit-media")
+            return self._pool
+
+    def _one(self, ref: ImageRef, policy: MediaPolicy, budget: list[int | None]) -> ImageItem:
+        """One image: bytes (fetched within the policy), header and pixel checks, decode, then
+        the family's preprocessing; on a media thread."""
         from PIL import Image
 
-        out: list[ImageItem | None] = [None] * len(refs)
-        todo: list[tuple[int, Any, str, str | None]] = []  # (index, decoded image, options JSON, source key)
-        for i, ref in enumerate(refs):
-            opts = json.dumps(ref.options, sort_keys=True, default=str)
-            try:
-                if isinstance(ref.source, Image.Image) or not self.config.feature_cache_size:
-                    todo.append((i, self.load(ref), opts, None))
-                    continue
-                raw = read_image_bytes(ref.source, self.config.url_timeout)
+        opts = json.dumps(ref.options, sort_keys=True, default=str)
+        key = None
+        if isinstance(ref.source, Image.Image):
+            img = ref.source
+            _check_pixels(img, self.config.max_image_pixels, img)
+            _spend(budget, img.size)
+            img = _upright_rgb(img)
+        else:
+            raw = read_image_bytes(ref.source, policy=policy)
+            if self.config.feature_cache_size:
                 key = hashlib.blake2b(raw + b"|" + opts.encode(), digest_size=16).hexdigest()
                 known = self._known(key)
                 if known is not None:
                     content, num_tokens, meta = known
-                    out[i] = ImageItem(num_tokens, {}, dict(ref.options), content, dict(meta), source=raw)
                     self.stats["source_hits"] += 1
-                    continue
-                todo.append((i, decode_image_bytes(raw, ref.source, max_pixels=self.config.max_image_pixels), opts, key))
-            except ImageLoadError as exc:
-                raise ImageLoadError(f"image {i}: {exc}") from exc
-        if todo:
-            items = self.vision.preprocess([t[1] for t in todo], [dict(refs[t[0]].options) for t in todo])
-            self.stats["preprocessed"] += len(items)
-            for (i, img, opts, key), item in zip(todo, items):
-                item.hash = hashlib.blake2b(f"{image_hash(img)}|{opts}".encode(), digest_size=16).hexdigest()
-                out[i] = item
-                if key is not None:
-                    with self._lock:
-                        self._by_source[key] = (item.hash, item.num_tokens, dict(item.meta))
-                        while len(self._by_source) > self.config.feature_cache_size:
-                            self._by_source.popitem(last=False)
-        return [it for it in out if it is not None]
+                    return ImageItem(num_tokens, {}, dict(ref.options), content, dict(meta), source=raw)
+            header = open_image(raw, ref.source, max_pixels=self.config.max_image_pixels)
+            _spend(budget, header.size)  # before the pixels are decoded
+            img = finish_decode(header, ref.source)
+            del raw
+        with self._preprocess_lock:
+            (item,) = self.vision.preprocess([img], [dict(ref.options)])
+        self.stats["preprocessed"] += 1
+        item.hash = hashlib.blake2b(f"{image_hash(img)}|{opts}".encode(), digest_size=16).hexdigest()
+        if key is not None:
+            with self._lock:
+                self._by_source[key] = (item.hash, item.num_tokens, dict(item.meta))
+                while len(self._by_source) > self.config.feature_cache_size:
+                    self._by_source.popitem(last=False)
+        return item
 
     def _known(self, key: str) -> tuple[str, int, dict[str, Any]] | None:
         """What preprocessing said about these source bytes, while their embeddings are cached."""
@@ -98,7 +143,8 @@ class ImageEncoder:
     def _reprocess(self, item: ImageItem) -> ImageItem:
         """An item that came from the source cache, whose embeddings have since left the cache."""
         img = decode_image_bytes(item.source, max_pixels=self.config.max_image_pixels)
-        (full,) = self.vision.preprocess([img], [dict(item.options)])
+        with self._preprocess_lock:
+            (full,) = self.vision.preprocess([img], [dict(item.options)])
         self.stats["preprocessed"] += 1
         full.hash = item.hash
         return full
@@ -153,6 +199,23 @@ class ImageEncoder:
         with self._lock:
             self._cache.clear()
             self._by_source.clear()
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _spend(budget: list[int | None], size: tuple[int, int]) -> None:
+    """Take ``size``'s pixels from a request's pixel budget (``[None]``: no limit)."""
+    if budget[0] is None:
+        return
+    need = int(size[0]) * int(size[1])
+    if need > budget[0]:
+        raise ImageLoadError(f"the request's images exceed its budget of pixels in all (--max-pixels-per-request); "
+                             f"this one has {size[0]}x{size[1]}, {budget[0]} were left")
+    budget[0] -= need
 
 
 def _batches(indices: list[int], costs: list[int], budget: int) -> list[list[int]]:

@@ -92,6 +92,18 @@ class EngineLoop:
             if self._callbacks.pop(request_id, None) is not None:
                 self.engine.abort(request_id)
 
+    def failure(self) -> str | None:
+        """Why the loop cannot run requests any more (an engine step failed, the thread is gone,
+        it was closed), or ``None``."""
+        with self._cond:
+            if self._dead is not None:
+                return f"the engine failed: {type(self._dead).__name__}: {self._dead}"
+            if self._closed:
+                return "the pipeline is closed"
+        if not self._thread.is_alive():
+            return "the engine loop thread has exited"
+        return None
+
     @property
     def num_in_flight(self) -> int:
         with self._cond:

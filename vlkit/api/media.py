@@ -1,7 +1,9 @@
 """Loading images: paths, ``file://`` and http(s) URLs, ``data:`` URIs, bytes and PIL images.
 
 Every image is decoded, EXIF-rotated upright and converted to RGB (transparent areas on white),
-and refused when it has more than ``max_pixels`` pixels (decompression bombs).
+and refused when it has more than ``max_pixels`` pixels (decompression bombs), checked on the
+header before any pixel is decoded. Where an image may come from is a
+:class:`~vlkit.api.fetch.MediaPolicy` (the Python API trusts its user; a server does not).
 """
 
 from __future__ import annotations
@@ -11,17 +13,16 @@ import hashlib
 import io
 import os
 import warnings
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from vlkit.api.fetch import MAX_DOWNLOAD_BYTES, ImageLoadError, MediaPolicy, fetch_url
+
 DEFAULT_MAX_PIXELS = 64_000_000
 DEFAULT_TIMEOUT = 10.0
-MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 
-
-class ImageLoadError(ValueError):
-    """An image could not be loaded; the message says which and why."""
+__all__ = ["MAX_DOWNLOAD_BYTES", "ImageLoadError", "MediaPolicy", "decode_image_bytes", "load_image", "open_image",
+           "read_image_bytes"]
 
 
 def _describe_source(source: Any) -> str:
@@ -31,20 +32,6 @@ def _describe_source(source: Any) -> str:
     if s.startswith("data:"):
         return s[:40] + "..."
     return s if len(s) < 200 else s[:200] + "..."
-
-
-def _fetch_url(url: str, timeout: float) -> bytes:
-    import urllib.request
-
-    req = urllib.request.Request(url, headers={"User-Agent": "vlkit"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) only, checked by caller
-            data = resp.read(MAX_DOWNLOAD_BYTES + 1)
-    except Exception as exc:
-        raise ImageLoadError(f"could not fetch image URL {url!r}: {type(exc).__name__}: {exc}") from exc
-    if len(data) > MAX_DOWNLOAD_BYTES:
-        raise ImageLoadError(f"image URL {url!r} is larger than {MAX_DOWNLOAD_BYTES} bytes")
-    return data
 
 
 def _decode_data_uri(uri: str) -> bytes:
@@ -60,8 +47,15 @@ def _decode_data_uri(uri: str) -> bytes:
         raise ImageLoadError(f"malformed data: URI payload: {exc}") from exc
 
 
-def read_image_bytes(source: str | os.PathLike[str] | bytes, timeout: float = DEFAULT_TIMEOUT) -> bytes:
-    """The raw bytes behind an image source (path, file://, http(s) URL, data: URI, bytes)."""
+def read_image_bytes(source: str | os.PathLike[str] | bytes, timeout: float = DEFAULT_TIMEOUT,
+                     policy: MediaPolicy | None = None) -> bytes:
+    """The raw bytes behind an image source (path, file://, http(s) URL, data: URI, bytes).
+
+    :param policy: where images may come from (default: :meth:`MediaPolicy.trusted` with
+        ``timeout``).
+    :raises ImageLoadError: (:class:`~vlkit.api.fetch.MediaRefused` when the policy forbids it).
+    """
+    policy = policy or MediaPolicy.trusted(timeout)
     if isinstance(source, (bytes, bytearray)):
         return bytes(source)
     s = os.fspath(source)
@@ -69,14 +63,17 @@ def read_image_bytes(source: str | os.PathLike[str] | bytes, timeout: float = DE
         return _decode_data_uri(s)
     parsed = urlparse(s)
     if parsed.scheme in ("http", "https"):
-        return _fetch_url(s, timeout)
+        return fetch_url(s, policy)
     if parsed.scheme == "file":
         s = unquote(parsed.path)
     elif parsed.scheme and len(parsed.scheme) > 1:
         raise ImageLoadError(f"unsupported image URL scheme {parsed.scheme!r} in {_describe_source(s)}")
-    path = Path(s).expanduser()
+    path = policy.local_path(s)
     if not path.is_file():
         raise ImageLoadError(f"image file not found: {s}")
+    size = path.stat().st_size
+    if size > policy.max_download_bytes:
+        raise ImageLoadError(f"image file {s} is larger than {policy.max_download_bytes} bytes")
     return path.read_bytes()
 
 
@@ -100,6 +97,12 @@ def load_image(
 
 def decode_image_bytes(data: bytes, source: Any = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
     """:func:`load_image` for bytes already read from ``source`` (named in errors)."""
+    return finish_decode(open_image(data, source, max_pixels=max_pixels), data if source is None else source)
+
+
+def open_image(data: bytes, source: Any = None, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Any:
+    """The image's header read (its ``size`` known, no pixel decoded yet) and checked against
+    ``max_pixels``; :func:`finish_decode` decodes it."""
     from PIL import Image
 
     source = data if source is None else source
@@ -114,6 +117,14 @@ def decode_image_bytes(data: bytes, source: Any = None, *, max_pixels: int = DEF
             f"cannot decode image {_describe_source(source)}: {type(exc).__name__}: {exc}"
         ) from exc
     _check_pixels(img, max_pixels, source)  # before any pixel is decoded
+    return img
+
+
+def finish_decode(img: Any, source: Any = None) -> Any:
+    """Decode an image :func:`open_image` opened: pixels, EXIF orientation, RGB."""
+    from PIL import Image
+
+    source = img if source is None else source
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+from vlkit.api.fetch import MediaPolicy
 from vlkit.api.outputs import Response, Session, error_response, to_response
 from vlkit.api.prepare import Preparer, RequestError
 from vlkit.config import ChatTemplateConfig, EngineConfig, GenerationConfig, VisionConfig
@@ -218,19 +219,22 @@ class Pipeline:
 
     __call__ = infer
 
-    async def generate(self, prompt: Any, gen_config: GenerationConfig | None = None) -> AsyncIterator[Response]:
+    async def generate(self, prompt: Any, gen_config: GenerationConfig | None = None,
+                       media_policy: MediaPolicy | None = None) -> AsyncIterator[Response]:
         """Async streaming of one prompt (the server uses this).
 
-        Preparation (image decoding and encoding) runs in a worker thread; increments arrive
-        from the step loop. Leaving the iterator early (a client that went away, a cancelled
-        task) aborts the request, which frees its KV blocks at once.
+        Preparation (image fetching, decoding and preprocessing) runs in worker threads, off the
+        step loop; increments arrive from the step loop. Leaving the iterator early (a client
+        that went away, a cancelled task) aborts the request, which frees its KV blocks at once.
 
+        :param media_policy: where this request's images may come from and how many it may
+            bring (a server passes :meth:`MediaPolicy.server`); default: the pipeline's own.
         :raises ValueError: (a subclass) for a bad request, before anything is generated.
         """
         import asyncio
 
         loop = asyncio.get_running_loop()
-        (req,) = await loop.run_in_executor(None, self._prep.prepare, [prompt])
+        (req,) = await loop.run_in_executor(None, self._prep.prepare, [prompt], media_policy)
         if isinstance(req, BaseException):
             raise req
         q: asyncio.Queue[tuple[Any, BaseException | None]] = asyncio.Queue()
@@ -268,6 +272,20 @@ class Pipeline:
         return session
 
     # -- lifetime ----------------------------------------------------------------------------
+    def failure(self) -> str | None:
+        """Why this pipeline can no longer serve (the step loop died, a tensor-parallel worker
+        exited, it was closed), or ``None`` while it can. Cheap: a server's ``/health`` calls it."""
+        if self._loop is None or self.engine is None:
+            return "the pipeline is closed"
+        problem = self._loop.failure()
+        if problem is not None:
+            return problem
+        try:
+            self.engine.check_workers()
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
     def close(self) -> None:
         """Stop the step loop and the engine (and its tensor-parallel workers)."""
         if self._loop is not None:
@@ -276,6 +294,8 @@ class Pipeline:
         if self.engine is not None:
             self.engine.close()
             self.engine = None
+        if self.image_encoder is not None:
+            self.image_encoder.close()
         if self.vision is not None:
             self.vision.close()
 

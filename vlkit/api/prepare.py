@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from vlkit.api.fetch import MediaPolicy
 from vlkit.contract.messages import Conversation, MessageError, to_conversation
 from vlkit.engine.request import Request
 
@@ -50,8 +51,9 @@ class Preparer:
             raise MessageError(f"{where}: {self.model_path} is a text-only model; it takes no images")
         return conv
 
-    def prepare(self, prompts: list[Any]) -> list[Request | BaseException]:
-        """One Request (or the exception that stopped it) per prompt."""
+    def prepare(self, prompts: list[Any], policy: MediaPolicy | None = None) -> list[Request | BaseException]:
+        """One Request (or the exception that stopped it) per prompt. ``policy``: where images
+        may come from (default: the image encoder's, which trusts the caller)."""
         convs: list[Conversation | BaseException] = []
         for i, p in enumerate(prompts):
             try:
@@ -59,17 +61,19 @@ class Preparer:
                              self.conversation(p, f"prompts[{i}]" if len(prompts) > 1 else "prompt"))
             except Exception as exc:  # noqa: BLE001 - one bad request fails alone
                 convs.append(exc)
-        return self.prepare_conversations(convs)
+        return self.prepare_conversations(convs, policy)
 
-    def prepare_conversations(self, convs: list[Conversation | BaseException]) -> list[Request | BaseException]:
-        """Images of all requests are preprocessed, then encoded together in batches."""
+    def prepare_conversations(self, convs: list[Conversation | BaseException],
+                              policy: MediaPolicy | None = None) -> list[Request | BaseException]:
+        """Images of all requests are loaded and preprocessed on the media threads (never on
+        the engine thread), then encoded together in batches on the engine thread."""
         staged: list[tuple[Conversation, list[Any]] | BaseException] = []
         for conv in convs:
             if isinstance(conv, BaseException):
                 staged.append(conv)
                 continue
             try:
-                items = self.call(self.image_encoder.preprocess, conv.images) if conv.num_images else []
+                items = self.image_encoder.preprocess(conv.images, policy) if conv.num_images else []
                 staged.append((conv, items))
             except Exception as exc:  # noqa: BLE001
                 staged.append(exc)

@@ -158,8 +158,10 @@ def from_openai(messages: list[Any], where: str = "messages") -> Conversation:
         if not isinstance(msg, dict):
             raise MessageError(f"{w}: a message must be a dict with 'role' and 'content', got {type(msg).__name__}")
         role = msg.get("role")
+        if role == "developer":  # OpenAI's newer name for the system message
+            role = "system"
         if role not in ROLES:
-            raise MessageError(f"{w}.role: must be one of {ROLES}, got {role!r}")
+            raise MessageError(f"{w}.role: must be one of {ROLES} (or 'developer'), got {role!r}")
         if "content" not in msg:
             raise MessageError(f"{w}.content: missing")
         content = msg["content"]

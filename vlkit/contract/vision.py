@@ -52,7 +52,10 @@ class VisionModel(ABC):
     and :meth:`forward`; :meth:`mrope_positions` only for families with 3-D rotary positions.
 
     Threads: the core creates it on the pipeline's creating thread (the ``vlkit_vision_model``
-    hook), then calls every method below on the pipeline's engine thread, one call at a time.
+    hook) and calls ``build_preprocessor``, ``build_model`` and ``forward`` on the pipeline's
+    engine thread. ``preprocess`` runs on a media thread, off the engine thread (so that a large
+    image never pauses generation), with one image per call and one call at a time; it may run
+    while ``forward`` runs on the engine thread, so it must not touch the model.
 
     Args:
         family: the matched :class:`~vlkit.contract.family.ModelFamily`.

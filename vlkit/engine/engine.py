@@ -144,6 +144,17 @@ class LLMEngine:
                 logger.warning("no tokenizer loaded from %s: %s", model_path, e)
         return cls(spec, engine_config, tokenizer)
 
+    def check_workers(self) -> None:
+        """Raise :class:`~vlkit.engine.workers.WorkerDiedError` if a tensor-parallel worker
+        process has exited (any thread may call it; with ``tp=1`` it never raises)."""
+        workers = getattr(self.runner, "workers", None)
+        dead = workers.dead() if workers is not None else []
+        if dead:
+            from vlkit.engine.workers import WorkerDiedError
+
+            rank, code = dead[0]
+            raise WorkerDiedError(f"tensor-parallel worker {rank} exited (code {code})")
+
     # -- requests -----------------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[int]:
         if self.tokenizer is None:

@@ -195,6 +195,11 @@ class TPWorkers:
                 self.close()
                 raise WorkerDiedError(f"tensor-parallel worker {rank} is gone: {e}") from e
 
+    def dead(self) -> list[tuple[int, int | None]]:
+        """``(rank, exit code)`` of every worker process that has exited. Safe from any thread:
+        it only looks at the processes, never at the pipes the engine thread uses."""
+        return [(rank, p.exitcode) for rank, p in enumerate(self._procs, start=1) if not p.is_alive()]
+
     def check_alive(self) -> None:
         for rank, (p, c) in enumerate(zip(self._procs, self._conns), start=1):
             if not p.is_alive():
