@@ -171,3 +171,35 @@ def test_tokenize_between_images_as_llava_tokenizer_image_token():
     # without the flag, the same tokenizer has no image token to place embeddings at
     with pytest.raises(TemplateError, match="no token '<image>' for images"):
         _ = ChatTemplateWrapper(None, {}, "/nonexistent", tok, ChatTemplateConfig(chat_template=template)).image_token_id
+
+
+def _bundled_templates():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return sorted([*root.glob("vlkit/templates/*.jinja"), *root.glob("plugins/*/vlkit_plugin_*/templates/*.jinja")])
+
+
+@pytest.mark.parametrize("path", _bundled_templates(), ids=lambda p: p.name)
+def test_templates_render_images_under_transformers_too(path):
+    """Every bundled template works as a checkpoint's own chat_template: rendered by
+    transformers' apply_chat_template (which passes no image_marker) it writes the family's
+    placeholder once per image, as vlkit renders it with that marker."""
+    import re
+
+    from vlkit.testing import make_tokenizer
+
+    source = path.read_text()
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a"}, {"type": "image"},
+                                             {"type": "text", "text": "b"}]}]
+    tok = make_tokenizer([], vocab_size=300)
+    theirs = tok.apply_chat_template(messages, chat_template=source, tokenize=False, add_generation_prompt=True)
+    if "image_marker" not in source:  # taken from a checkpoint: writes its placeholder literally
+        assert theirs.count("<") >= 2
+        return
+    m = re.search(r"set image_marker = image_marker \| default\('([^']+)'\)", source)
+    assert m, f"{path.name} uses image_marker without a default: transformers would drop its images"
+    assert theirs.count(m.group(1)) == 2, theirs
+    ours = render_template(source, messages, add_generation_prompt=True, image_marker=m.group(1),
+                           bos_token=tok.bos_token or "", eos_token=tok.eos_token or "")
+    assert ours.count(m.group(1)) == 2

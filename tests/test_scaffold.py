@@ -132,7 +132,7 @@ def test_prompts_answers_are_used(tmp_path: Path) -> None:
         assert project["description"] == 'Zed "VLM" plugin'
         assert project["version"] == "0.2.0"
         assert project["authors"] == [{"name": "Ada L.", "email": "you@example.com"}]
-        assert project["license"] == {"text": "MIT"}
+        assert project["license"] == "MIT"  # an SPDX expression, not the deprecated table
 
 
 def test_refused_answer_writes_nothing(tmp_path: Path) -> None:
@@ -220,7 +220,7 @@ def test_generated_package(tmp_path: Path, name: str, arch: str) -> None:
         meta = tomllib.loads((pkg / "pyproject.toml").read_text())
         project = meta["project"]
         assert project["name"] == f"vlkit-plugin-{name}"
-        assert project["dependencies"] == ["vlkit"]
+        assert project["dependencies"] == ["vlkit>=0.1,<0.2"]  # a compatible range of the core
         assert project["entry-points"]["vlkit"] == {name: f"vlkit_plugin_{py}.hooks"}
         assert meta["tool"]["setuptools"]["package-data"] == {f"vlkit_plugin_{py}": ["templates/*.jinja"]}
 
@@ -259,20 +259,16 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture
-def installed_foo(tmp_path: Path):
-    """``vlkit-plugin-foo`` scaffolded and pip-installed (editable) into this interpreter."""
-    if _pip("show", "vlkit-plugin-foo").returncode == 0:
-        pytest.skip("a vlkit-plugin-foo is already installed in this environment")
-    pkg = scaffold("foo", tmp_path, no_input=True)
-    r = _pip("install", "--no-deps", "--no-build-isolation", "-e", str(pkg))
-    try:
-        assert r.returncode == 0, r.stdout + r.stderr
-        yield pkg
-    finally:
-        _pip("uninstall", "-y", "vlkit-plugin-foo")
-        from vlkit.contract.registry import reset_registry
-
-        reset_registry()
+def installed_foo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """``vlkit-plugin-foo`` scaffolded and pip-installed into a throwaway site directory that only
+    this test's subprocesses see (PYTHONPATH): an interrupted run leaves nothing installed in
+    the running environment."""
+    pkg = scaffold("foo", tmp_path / "src", no_input=True)
+    site = tmp_path / "site"
+    r = _pip("install", "--no-deps", "--no-build-isolation", "--no-compile", "--target", str(site), str(pkg))
+    assert r.returncode == 0, r.stdout + r.stderr
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    yield pkg
 
 
 @pytest.mark.slow

@@ -53,19 +53,60 @@ def vlkit_language_model_spec(family: ModelFamily, hf_config: dict[str, Any], mo
     text = dict(text)
     archs = text.get("architectures") or []
     arch = archs[0] if archs else MODEL_TYPES.get(text.get("model_type", "llama"), "LlamaForCausalLM")
-    if "tie_word_embeddings" not in text and "tie_word_embeddings" in hf_config:
-        text["tie_word_embeddings"] = hf_config["tie_word_embeddings"]
+    text["tie_word_embeddings"] = tied_embeddings(hf_config, text)
     return LanguageModelSpec(
         architecture=arch,
         config=text,
         model_path=str(model_path),
-        weight_prefixes=(
-            ("model.language_model.", "model."),  # transformers >= 4.52
-            ("language_model.model.", "model."),  # older transformers
-            ("language_model.lm_head.", "lm_head."),
-            ("lm_head.", "lm_head."),
-        ),
+        weight_prefixes=TRANSFORMERS_LM_PREFIXES,
     )
+
+
+#: where transformers' VLM checkpoints keep the language model, for every layout transformers
+#: reads (first match wins, so the longer prefixes come first): ``model.language_model.model.*``
+#: (saved by transformers 5.5), ``model.language_model.*`` (its module names since 4.52),
+#: ``language_model.model.*`` (the hub's 4.x files, and what 5.25 saves), with the LM head under
+#: ``language_model.lm_head.``, ``model.language_model.lm_head.`` or ``lm_head.``.
+TRANSFORMERS_LM_PREFIXES = (
+    ("model.language_model.model.", "model."),
+    ("model.language_model.lm_head.", "lm_head."),
+    ("model.language_model.", "model."),
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("lm_head.", "lm_head."),
+)
+
+
+def tied_embeddings(hf_config: dict[str, Any], text: dict[str, Any]) -> bool:
+    """Whether transformers ties this VLM's LM head to its input embeddings.
+
+    transformers ties by the *composite* config's ``tie_word_embeddings`` (the class default when
+    config.json leaves it out), not the text config's: a checkpoint saved by transformers 5 with
+    ``tie_word_embeddings: true`` at the top, ``false`` in ``text_config`` and no ``lm_head``
+    tensor is tied. The flag is read through transformers' own config class when it knows the
+    ``model_type``, else from config.json (top level, then the text config).
+    """
+    model_type = hf_config.get("model_type")
+    if model_type:
+        try:
+            import logging
+
+            from transformers import AutoConfig
+
+            quiet = logging.getLogger("transformers.configuration_utils")
+            level, quiet.level = quiet.level, logging.ERROR
+            try:
+                cfg = AutoConfig.for_model(model_type, **{k: v for k, v in hf_config.items() if k != "model_type"})
+            finally:
+                quiet.setLevel(level)
+            flag = getattr(cfg, "tie_word_embeddings", None)
+            if isinstance(flag, bool):
+                return flag
+        except Exception:  # noqa: BLE001 - a model type transformers does not know: read the file
+            pass
+    if "tie_word_embeddings" in hf_config:
+        return bool(hf_config["tie_word_embeddings"])
+    return bool(text.get("tie_word_embeddings", False))
 
 
 @hookimpl(trylast=True)

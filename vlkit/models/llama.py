@@ -121,6 +121,11 @@ class LlamaForCausalLM(LanguageBackbone):
         self.num_kv_heads = attn.num_kv_heads
         self.head_dim = cfg.head_dim
 
+    def ignored_weight(self, name: str) -> bool:
+        """With tied embeddings the LM head *is* the input embedding: a checkpoint's own
+        ``lm_head.weight`` is not loaded over it (transformers ties after loading, too)."""
+        return super().ignored_weight(name) or (self.text_config.tie_word_embeddings and name == "lm_head.weight")
+
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
 
