@@ -135,11 +135,17 @@ def test_hub_id_from_offline_cache(llava_dir, tmp_path, monkeypatch):
 
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
+    (cache / "models--acme--tiny-llava" / "refs" / "v1").write_text(snap.name)
     with vlkit.pipeline("acme/tiny-llava", engine_config=vlkit.EngineConfig(num_blocks=64)) as p:
         assert p.model_path == snap
         assert p("hi", gen_config=GEN).generate_token_len == 6
-    with pytest.raises(FileNotFoundError, match="acme/missing"):
+    with vlkit.pipeline("acme/tiny-llava", engine_config=vlkit.EngineConfig(num_blocks=64), revision="v1") as p:
+        assert p.model_path == snap  # a tag resolves through the cache's refs
+    with pytest.raises(FileNotFoundError, match="acme/missing is not in the local Hugging Face cache and "
+                                                "HF_HUB_OFFLINE is set"):
         vlkit.pipeline("acme/missing")
+    with pytest.raises(FileNotFoundError, match="at revision 'v9'"):
+        vlkit.pipeline("acme/tiny-llava", revision="v9")
 
 
 def test_text_checkpoint_without_template_encodes_like_the_tokenizer(tmp_path):
@@ -224,3 +230,28 @@ def test_the_same_image_bytes_again_are_not_decoded_or_preprocessed(pipe):
     got = pipe._loop.call(enc.encode, [light])[0]
     assert torch.equal(got, want)
     assert enc.stats["preprocessed"] == before["preprocessed"] + 1
+
+
+def test_hub_download_fetches_only_checkpoint_files(tmp_path, monkeypatch):
+    """Only configs, safetensors, tokenizer and template files are fetched; the .bin weights
+    only for a repository without safetensors."""
+    import huggingface_hub
+
+    from vlkit.contract.registry import resolve_model_path
+
+    calls = []
+
+    def fake(repo, revision=None, allow_patterns=None):
+        calls.append((repo, revision, tuple(allow_patterns)))
+        d = tmp_path / repo.replace("/", "--")
+        d.mkdir(exist_ok=True)
+        if repo == "acme/safe":
+            (d / "model.safetensors").write_bytes(b"")
+        return str(d)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
+    assert resolve_model_path("acme/safe", revision="abc").name == "acme--safe"
+    (repo, rev, patterns), = calls
+    assert rev == "abc" and "*.safetensors" in patterns and "*.bin" not in patterns and "*.onnx" not in patterns
+    resolve_model_path("acme/old")
+    assert "*.bin" not in calls[1][2] and "*.bin" in calls[2][2]  # retried with the .bin weights

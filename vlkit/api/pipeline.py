@@ -35,6 +35,7 @@ class Pipeline:
         vision_config: VisionConfig | None = None,
         chat_template_config: ChatTemplateConfig | None = None,
         log_level: str | int | None = None,
+        revision: str | None = None,
     ) -> None:
         from vlkit.contract.registry import get_registry, read_config, resolve_model_path
 
@@ -43,7 +44,7 @@ class Pipeline:
         self.engine_config = engine_config or EngineConfig()
         self.vision_config = vision_config or VisionConfig()
         self.chat_template_config = chat_template_config or ChatTemplateConfig()
-        self.model_path = resolve_model_path(model)
+        self.model_path = resolve_model_path(model, revision=revision)
         self.hf_config = read_config(self.model_path)
         self.engine: Any = None
         self._loop: Any = None
@@ -339,11 +340,14 @@ def pipeline(
     chat_template_config: ChatTemplateConfig | None = None,
     log_level: str | int | None = None,
     backend_config: EngineConfig | None = None,
+    revision: str | None = None,
     **kwargs: Any,
 ) -> Pipeline:
     """Create a :class:`Pipeline` for a local checkpoint directory or a hub id.
 
-    ``backend_config`` is another name for ``engine_config`` (lmdeploy's).
+    ``backend_config`` is another name for ``engine_config`` (lmdeploy's). ``revision``: the
+    branch, tag or commit of a hub id (only the files a checkpoint needs are downloaded;
+    ``HF_HUB_OFFLINE=1`` uses the local cache only).
     """
     if kwargs:
         raise TypeError(f"pipeline() got unexpected arguments: {sorted(kwargs)}")
@@ -351,4 +355,4 @@ def pipeline(
         if engine_config is not None:
             raise TypeError("give engine_config or backend_config, not both")
         engine_config = backend_config
-    return Pipeline(model, engine_config, vision_config, chat_template_config, log_level)
+    return Pipeline(model, engine_config, vision_config, chat_template_config, log_level, revision)

@@ -337,11 +337,20 @@ def plugin_manager() -> pluggy.PluginManager:
 # -- checkpoint lookup --------------------------------------------------------------------
 
 
+#: the files a checkpoint is made of: configs, weights, tokenizer, processor, chat template.
+#: Hub downloads fetch only these (not the .bin copy beside the safetensors, onnx exports, images).
+HUB_PATTERNS = (
+    "*.json", "*.safetensors", "*.jinja", "*.txt", "*.model", "*.tiktoken", "tokenizer*",
+)
+
+
 def resolve_model_path(model: str | os.PathLike[str], *, revision: str | None = None) -> Path:
     """A local directory for ``model``: itself if it is a directory, else a hub download.
 
-    Hub ids are fetched with ``huggingface_hub.snapshot_download`` (weights, configs, tokenizer);
-    with ``HF_HUB_OFFLINE=1`` a populated cache is used.
+    Hub ids are fetched with ``huggingface_hub.snapshot_download`` at ``revision`` (a branch,
+    tag or commit), only the files a checkpoint needs (:data:`HUB_PATTERNS`; the ``.bin``
+    weights only when the repository has no safetensors). With ``HF_HUB_OFFLINE=1`` only the
+    local cache is used, and a model missing from it says so.
     """
     path = Path(model).expanduser()
     if path.is_dir():
@@ -352,9 +361,20 @@ def resolve_model_path(model: str | os.PathLike[str], *, revision: str | None = 
         raise FileNotFoundError(f"model directory {str(model)!r} does not exist")
     from huggingface_hub import snapshot_download
 
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    where = f"{model}" + (f" at revision {revision!r}" if revision else "")
     try:
-        return Path(snapshot_download(str(model), revision=revision))
+        local = Path(snapshot_download(str(model), revision=revision, allow_patterns=list(HUB_PATTERNS)))
+        if not any(local.glob("*.safetensors")) and not any(local.glob("*.safetensors.index.json")):
+            local = Path(snapshot_download(str(model), revision=revision,
+                                           allow_patterns=[*HUB_PATTERNS, "*.bin", "*.pt"]))
+        return local
     except Exception as exc:
+        if offline:
+            raise FileNotFoundError(
+                f"{where} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set: download it once "
+                "online (or unset HF_HUB_OFFLINE), or give a local checkpoint directory"
+            ) from exc
         raise FileNotFoundError(
             f"{str(model)!r} is neither a local directory nor a reachable Hugging Face hub id "
             f"({type(exc).__name__}: {exc})"
