@@ -189,3 +189,32 @@ def test_owner_falls_back_to_the_core_defaults(tmp_path):
     reg.register(VisionOnly(None), "vis-plugin")
     with pytest.raises(ValueError, match="'vis-plugin' returned no VisionModel"):
         reg.build(tmp_path, cfg, ChatTemplateConfig())
+
+
+def test_checkpoint_code_never_runs_or_prompts_by_default(tmp_path):
+    """A tokenizer that is code shipped with the checkpoint (auto_map): read from its
+    tokenizer.json without running that code; without one, a one-line error naming
+    trust_remote_code; never a terminal prompt (stdin is closed here)."""
+    import subprocess
+    import sys
+
+    from vlkit.testing import make_tokenizer, save_tokenizer
+
+    save_tokenizer(make_tokenizer(["<image>"]), tmp_path)
+    cfg_path = tmp_path / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(tokenizer_class="EvilTokenizer", auto_map={"AutoTokenizer": ["evil.EvilTokenizer", None]})
+    cfg_path.write_text(json.dumps(cfg))
+    (tmp_path / "evil.py").write_text("raise SystemExit('checkpoint code ran')\n")
+    code = ("import sys; from pathlib import Path; from vlkit.contract import builtin; "
+            "from vlkit.contract.builtin import TEXT_FAMILY; "
+            "tok = builtin.vlkit_tokenizer(TEXT_FAMILY, {}, Path(sys.argv[1]), False); "
+            "print(tok.convert_tokens_to_ids('<image>'))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().isdigit(), r.stdout + r.stderr
+    (tmp_path / "tokenizer.json").unlink()
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "checkpoint code ran" not in r.stderr
+    assert "RemoteCodeRequired" in r.stderr and "trust_remote_code=True" in r.stderr

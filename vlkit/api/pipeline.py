@@ -36,6 +36,7 @@ class Pipeline:
         chat_template_config: ChatTemplateConfig | None = None,
         log_level: str | int | None = None,
         revision: str | None = None,
+        trust_remote_code: bool = False,
     ) -> None:
         from vlkit.contract.registry import get_registry, read_config, resolve_model_path
 
@@ -50,7 +51,8 @@ class Pipeline:
         self._loop: Any = None
         self.image_encoder: Any = None
         self.vision: Any = None
-        parts = get_registry().build(self.model_path, self.hf_config, self.chat_template_config)
+        parts = get_registry().build(self.model_path, self.hf_config, self.chat_template_config,
+                                     trust_remote_code=trust_remote_code)
         self.family = parts.family
         self.tokenizer = parts.tokenizer
         self.chat_template = parts.chat_template
@@ -341,13 +343,16 @@ def pipeline(
     log_level: str | int | None = None,
     backend_config: EngineConfig | None = None,
     revision: str | None = None,
+    trust_remote_code: bool = False,
     **kwargs: Any,
 ) -> Pipeline:
     """Create a :class:`Pipeline` for a local checkpoint directory or a hub id.
 
     ``backend_config`` is another name for ``engine_config`` (lmdeploy's). ``revision``: the
     branch, tag or commit of a hub id (only the files a checkpoint needs are downloaded;
-    ``HF_HUB_OFFLINE=1`` uses the local cache only).
+    ``HF_HUB_OFFLINE=1`` uses the local cache only). ``trust_remote_code``: let code shipped
+    with the checkpoint run (for a tokenizer no plugin reads itself); off by default, and vlkit
+    never asks on the terminal.
     """
     if kwargs:
         raise TypeError(f"pipeline() got unexpected arguments: {sorted(kwargs)}")
@@ -355,4 +360,5 @@ def pipeline(
         if engine_config is not None:
             raise TypeError("give engine_config or backend_config, not both")
         engine_config = backend_config
-    return Pipeline(model, engine_config, vision_config, chat_template_config, log_level, revision)
+    return Pipeline(model, engine_config, vision_config, chat_template_config, log_level, revision,
+                    trust_remote_code)

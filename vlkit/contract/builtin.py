@@ -29,11 +29,42 @@ _TEXT_CONFIG_KEYS = ("text_config", "llm_config", "language_config")
 
 
 @hookimpl(trylast=True)
-def vlkit_tokenizer(family: ModelFamily, hf_config: dict[str, Any], model_path: Path) -> Any:
-    """``transformers.AutoTokenizer`` on the checkpoint directory."""
+def vlkit_tokenizer(family: ModelFamily, hf_config: dict[str, Any], model_path: Path,
+                    trust_remote_code: bool) -> Any:
+    """``transformers.AutoTokenizer`` on the checkpoint directory, never running (or asking to
+    run) code shipped with the checkpoint unless ``trust_remote_code``. A tokenizer whose class is
+    such code is read from its ``tokenizer.json`` when the checkpoint has one."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(model_path))
+    try:
+        return AutoTokenizer.from_pretrained(str(model_path), trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        if trust_remote_code or not _needs_remote_code(model_path):
+            raise
+        if (Path(model_path) / "tokenizer.json").is_file():
+            from transformers import PreTrainedTokenizerFast
+
+            return PreTrainedTokenizerFast.from_pretrained(str(model_path))
+        raise RemoteCodeRequired(
+            f"{model_path}: its tokenizer is code shipped with the checkpoint (auto_map in "
+            "tokenizer_config.json) and it has no tokenizer.json; vlkit does not run checkpoint code "
+            "unless asked: pipeline(..., trust_remote_code=True) or --trust-remote-code"
+        ) from exc
+
+
+class RemoteCodeRequired(ValueError):
+    """The checkpoint needs code it ships to be run, and the user did not allow it."""
+
+
+def _needs_remote_code(model_path: Path) -> bool:
+    import json
+
+    path = Path(model_path) / "tokenizer_config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(cfg.get("auto_map"))
 
 
 @hookimpl(trylast=True)

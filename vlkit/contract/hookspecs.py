@@ -68,7 +68,9 @@ def vlkit_register_families() -> list[ModelFamily]:
 
 
 @hookspec(firstresult=True)
-def vlkit_tokenizer(family: ModelFamily, hf_config: dict[str, Any], model_path: Path) -> Any | None:
+def vlkit_tokenizer(
+    family: ModelFamily, hf_config: dict[str, Any], model_path: Path, trust_remote_code: bool
+) -> Any | None:
     """Load the tokenizer of a checkpoint of ``family``.
 
     **When:** first of the family hooks, when a pipeline is created; on its thread; only on the
@@ -80,6 +82,9 @@ def vlkit_tokenizer(family: ModelFamily, hf_config: dict[str, Any], model_path: 
     :param family: the family the checkpoint's ``architectures`` matched (one of this plugin's).
     :param hf_config: the checkpoint's ``config.json`` as a dict.
     :param model_path: local directory of the checkpoint (hub ids are already downloaded).
+    :param trust_remote_code: whether the user allowed code shipped with the checkpoint to run
+        (``pipeline(trust_remote_code=True)``, ``--trust-remote-code``); ``False`` by default. A
+        plugin should load its family's tokenizer with its own code and never need it.
     :return: an object offering ``encode``/``decode``/``convert_tokens_to_ids``, ``__call__``,
         ``eos_token_id``, ``bos_token`` like a transformers tokenizer; or ``None`` for the
         fallback.

@@ -229,7 +229,8 @@ class Registry:
         return self.pm.subset_hook_caller(name, remove_plugins=others)
 
     def build(
-        self, model_path: Path, hf_config: dict[str, Any], chat_template_config: ChatTemplateConfig
+        self, model_path: Path, hf_config: dict[str, Any], chat_template_config: ChatTemplateConfig,
+        trust_remote_code: bool = False,
     ) -> ModelParts:
         """Everything a pipeline needs of a checkpoint but the engine, from the owning plugin.
 
@@ -242,7 +243,7 @@ class Registry:
         def call(hook: str, **extra: Any) -> Any:
             return self.owner_hook(hook, family)(family=family, hf_config=hf_config, model_path=model_path, **extra)
 
-        tokenizer = call("vlkit_tokenizer")
+        tokenizer = call("vlkit_tokenizer", trust_remote_code=trust_remote_code)
         spec = call("vlkit_language_model_spec")
         if spec is None:
             raise ValueError(f"family {family.name!r} (plugin {family.plugin!r}) gave no language model "
