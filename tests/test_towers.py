@@ -104,3 +104,34 @@ def test_resolve_tower_finds_directories_and_names_what_is_missing(tmp_path, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(FileNotFoundError, match="vision_tower 'nobody/no-such-tower' .* nor a reachable hub id"):
         resolve_tower("nobody/no-such-tower", ckpt, field="vision_tower")
+
+
+def test_load_weights_raises_a_structured_weight_load_error(tmp_path):
+    """VisionModel.load_weights(error=WeightLoadError), what a plugin naturally writes, raises that
+    error with its missing and misshaped lists (it used to raise a TypeError)."""
+    import pytest
+    import torch
+
+    from vlkit.plugin import ImageItem, VisionModel, WeightLoadError
+
+    class VM(VisionModel):
+        def build_preprocessor(self):
+            return None
+
+        def build_model(self):
+            return None
+
+        def preprocess(self, images, options):
+            return [ImageItem(1, {}) for _ in images]
+
+        def forward(self, items):
+            return []
+
+    vm = VM(None, {}, tmp_path)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Linear(3, 2))
+    with pytest.raises(WeightLoadError) as e:
+        vm.load_weights(module, {"0.weight": torch.zeros(3, 5), "0.bias": torch.zeros(3)}, error=WeightLoadError,
+                        name_of=lambda k: "tower." + k)
+    assert e.value.misshaped == [("tower.0.weight", (3, 4), (3, 5))]
+    assert [n for n, _ in e.value.missing] == ["tower.1.weight", "tower.1.bias"]
+    assert "tower.1.weight (expected shape (2, 3))" in str(e.value)

@@ -129,23 +129,37 @@ class VisionModel(ABC):
         name_of: Any = None,
         what: str = "vision weights",
         limit: int = 5,
+        strict: bool = False,
     ) -> Any:
         """Load ``tensors`` into ``module`` (built under ``accelerate.init_empty_weights()``) on
         :attr:`device` / :attr:`dtype`, after checking that every parameter and buffer of the
         module has a tensor of its shape; returns the module in eval mode, without gradients.
 
         :param error: the exception class to raise; its message names the first ``limit``
-            missing tensors and the first misshaped ones with expected and actual shapes.
+            missing tensors and the first misshaped ones with expected and actual shapes. A
+            :class:`~vlkit.layers.weights.WeightLoadError` (or subclass) gets them as its
+            ``missing`` / ``misshaped`` lists; any other class gets the message alone.
         :param name_of: maps a module key to the name a user would find in the checkpoint.
         :param what: how the message calls these tensors.
+        :param strict: tensors of ``tensors`` the module has no place for are an error too
+            (reported as ``unexpected`` by a :class:`~vlkit.layers.weights.WeightLoadError`).
         """
         import torch
+
+        from vlkit.layers.weights import WeightLoadError
 
         name = name_of or (lambda k: k)
         expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         missing = [k for k in expected if k not in tensors]
         wrong = [(k, s, tuple(tensors[k].shape)) for k, s in expected.items()
                  if k in tensors and tuple(tensors[k].shape) != s]
+        extra = sorted(name(k) for k in tensors if k not in expected) if strict else []
+        if (missing or wrong or extra) and isinstance(error, type) and issubclass(error, WeightLoadError):
+            raise error(f"the {what} in {self.model_path}", [(name(k), expected[k]) for k in missing],
+                        [(name(k), s, g) for k, s, g in wrong], unexpected=extra)
+        if extra and not (missing or wrong):
+            raise error(f"{what} of {self.model_path} do not fit: {len(extra)} unexpected tensor(s): "
+                        + ", ".join(extra[:limit]))
         if missing or wrong:
             parts = []
             if missing:

@@ -18,11 +18,12 @@ class WeightShapeError(ValueError):
 
 
 class WeightLoadError(ValueError):
-    """The checkpoint does not fit the backbone: tensors missing or of the wrong shape."""
+    """The checkpoint does not fit the model: tensors missing, of the wrong shape, or (where the
+    caller asks) unexpected."""
 
     def __init__(self, model: str, missing: list[tuple[str, tuple]], misshaped: list[tuple[str, tuple, tuple]],
-                 hint: str = ""):
-        self.missing, self.misshaped = missing, misshaped
+                 hint: str = "", unexpected: list[str] | tuple[str, ...] = ()):
+        self.missing, self.misshaped, self.unexpected = missing, misshaped, list(unexpected)
         parts = []
         if misshaped:
             shown = "; ".join(f"{n} (expected {e}, got {g})" for n, e, g in misshaped[:5])
@@ -32,6 +33,9 @@ class WeightLoadError(ValueError):
             shown = "; ".join(f"{n} (expected shape {s})" for n, s in missing[:5])
             more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
             parts.append(f"{len(missing)} tensor(s) missing: {shown}{more}")
+        if self.unexpected:
+            more = f" and {len(self.unexpected) - 5} more" if len(self.unexpected) > 5 else ""
+            parts.append(f"{len(self.unexpected)} unexpected tensor(s): {', '.join(self.unexpected[:5])}{more}")
         super().__init__(f"checkpoint does not match {model}: " + "; ".join(parts) + (f". {hint}" if hint else ""))
 
 
