@@ -102,6 +102,8 @@ class LLMEngine:
             rank=0,
             world_size=cfg.tp,
             num_threads=cfg.num_threads,
+            quantization=cfg.quantization,
+            quantization_group_size=cfg.quantization_group_size,
         )
         try:
             m = self.runner.model
@@ -139,7 +141,7 @@ class LLMEngine:
             try:
                 from transformers import AutoTokenizer
 
-                tokenizer = AutoTokenizer.from_pretrained(model_path)
+                tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=False)
             except Exception as e:  # a weights-only directory still runs on token ids
                 logger.warning("no tokenizer loaded from %s: %s", model_path, e)
         return cls(spec, engine_config, tokenizer)

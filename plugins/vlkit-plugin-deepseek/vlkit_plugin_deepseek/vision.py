@@ -103,7 +103,7 @@ def _hf_image_processor(path: Path, hybrid: bool) -> Any:
     try:
         import torchvision  # noqa: F401
 
-        return transformers.AutoImageProcessor.from_pretrained(str(path))
+        return transformers.AutoImageProcessor.from_pretrained(str(path), trust_remote_code=False)
     except ImportError:
         cls = transformers.DeepseekVLHybridImageProcessorPil if hybrid else transformers.DeepseekVLImageProcessorPil
         return cls.from_pretrained(str(path))

@@ -168,7 +168,7 @@ def _hf_image_processor(path: Path) -> Any:
     try:
         import torchvision  # noqa: F401
 
-        return transformers.AutoImageProcessor.from_pretrained(str(path))
+        return transformers.AutoImageProcessor.from_pretrained(str(path), trust_remote_code=False)
     except ImportError:
         cls = getattr(transformers, "GotOcr2ImageProcessorPil", None)
         if cls is None:

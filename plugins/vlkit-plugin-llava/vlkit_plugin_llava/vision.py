@@ -86,7 +86,7 @@ class LlavaVisionModel(VisionModel):
         else:
             from transformers import AutoImageProcessor
 
-            self.preprocessor = AutoImageProcessor.from_pretrained(str(self.model_path))
+            self.preprocessor = AutoImageProcessor.from_pretrained(str(self.model_path), trust_remote_code=False)
         crop = crop_size(self.preprocessor)
         if crop != self.image_size:
             raise LlavaConfigError(

@@ -56,7 +56,7 @@ def image_processor(model_path: Path) -> Any:
         return Qwen2VLImageProcessorPil.from_pretrained(str(model_path))
     from transformers import AutoImageProcessor
 
-    return AutoImageProcessor.from_pretrained(str(model_path))
+    return AutoImageProcessor.from_pretrained(str(model_path), trust_remote_code=False)
 
 
 class QwenVLVisionModel(VisionModel):
@@ -98,7 +98,7 @@ class QwenVLVisionModel(VisionModel):
         from accelerate import init_empty_weights
         from transformers import AutoConfig
 
-        vcfg = AutoConfig.from_pretrained(str(self.model_path)).vision_config
+        vcfg = AutoConfig.from_pretrained(str(self.model_path), trust_remote_code=False).vision_config
         vcfg._attn_implementation = "sdpa"
         with init_empty_weights():
             module = self._tower_class()(vcfg)
