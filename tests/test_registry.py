@@ -218,3 +218,17 @@ def test_checkpoint_code_never_runs_or_prompts_by_default(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "checkpoint code ran" not in r.stderr
     assert "RemoteCodeRequired" in r.stderr and "trust_remote_code=True" in r.stderr
+
+
+def test_demo_picks_an_installed_family_or_plugin():
+    from vlkit.cli.demo import pick_family
+
+    reg = Registry(load_entry_points=False)
+    reg.register(_Plugin(ModelFamily("qwen2-vl", ("Q",), tiny_checkpoint=lambda d: d),
+                         ModelFamily("notiny", ("N",))), "qwen")
+    assert pick_family(reg, None).name == "qwen2-vl"  # no llava installed: the first with a factory
+    assert pick_family(reg, "qwen").name == "qwen2-vl"  # a plugin name works too
+    with pytest.raises(LookupError, match="'llava'.*installed families: \\['qwen2-vl'\\]"):
+        pick_family(reg, "llava")
+    reg.register(_Plugin(ModelFamily("llava", ("L",), tiny_checkpoint=lambda d: d)), "llava")
+    assert pick_family(reg, None).name == "llava"

@@ -183,7 +183,9 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
         help="write a tiny RANDOM-WEIGHT checkpoint and run a prompt with a bundled image through the whole stack",
     )
     p.add_argument("--dir", default=None, help="where to write the checkpoint (default: a temp dir)")
-    p.add_argument("--family", default="llava", help="family whose tiny checkpoint to use (default: llava)")
+    p.add_argument("--family", default=None,
+                   help="family (or plugin) whose tiny checkpoint to use (default: llava if installed, else "
+                        "the first installed family)")
     p.add_argument("--prompt", default="Describe this image.")
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.set_defaults(func=cmd_demo)

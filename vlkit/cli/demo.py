@@ -12,6 +12,7 @@ import tempfile
 import time
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 BANNER = (
     "NOTE: this checkpoint has RANDOM WEIGHTS, written by vlkit for this demo; the generated text is "
@@ -24,21 +25,39 @@ def demo_image_path() -> Path:
     return Path(str(resources.files("vlkit").joinpath("assets", "demo.png")))
 
 
-def run_demo(directory: str | None = None, family: str = "llava", prompt: str = "Describe this image.",
+def pick_family(reg: Any, wanted: str | None) -> Any:
+    """The family to demo: ``wanted`` by family name or by plugin name (``qwen``: that plugin's
+    first family), else llava when installed, else the first installed family with a
+    tiny-checkpoint factory. :raises LookupError: with what is installed."""
+    fams = [f for f in reg.families() if f.tiny_checkpoint is not None]
+    names = [f.name for f in fams]
+    if wanted is None:
+        preferred = [f for f in fams if f.name == "llava"] or fams
+        if not preferred:
+            raise LookupError("no model family with a tiny checkpoint is installed "
+                              "(pip install vlkit-plugin-llava, or any vlkit-plugin-*)")
+        return preferred[0]
+    for fam in fams:
+        if fam.name == wanted:
+            return fam
+    by_plugin = [f for f in fams if f.plugin == wanted]
+    if by_plugin:
+        return by_plugin[0]
+    raise LookupError(f"no installed family or plugin named {wanted!r} (pip install vlkit-plugin-{wanted}); "
+                      f"installed families: {names or 'none'}")
+
+
+def run_demo(directory: str | None = None, family: str | None = None, prompt: str = "Describe this image.",
              max_new_tokens: int = 24) -> int:
     import vlkit
     from vlkit.contract.registry import get_registry
 
-    reg = get_registry()
     try:
-        fam = reg.get_family(family)
-    except KeyError:
-        print(f"vlkit demo: family {family!r} is not installed (pip install vlkit-plugin-{family}); "
-              f"installed: {[f.name for f in reg.families()] or 'none'}")
+        fam = pick_family(get_registry(), family)
+    except LookupError as exc:
+        print(f"vlkit demo: {exc}")
         return 2
-    if fam.tiny_checkpoint is None:
-        print(f"vlkit demo: family {family!r} has no tiny-checkpoint factory")
-        return 2
+    family = fam.name
     root = Path(directory) if directory else Path(tempfile.mkdtemp(prefix="vlkit-demo-"))
     print(BANNER)
     t0 = time.perf_counter()
