@@ -69,6 +69,10 @@ class GenerationConfig:
         return asdict(self)
 
 
+# EngineConfig.quantization's values (vlkit.layers.quant.QUANT_METHODS; kept here: no torch import)
+QUANTIZATION_METHODS = ("int8", "int4", "int4-asym")
+
+
 @dataclass
 class EngineConfig:
     """How the engine runs.
@@ -90,6 +94,17 @@ class EngineConfig:
             ``"float16"``, ``"bfloat16"``.
         enforce_eager: never capture CUDA graphs.
         num_threads: torch intra-op threads on CPU (``None``: torch's default).
+        quantization: weight-only quantization of the language model's linear layers (QKV, O,
+            gate/up, down) and LM head, round-to-nearest at load time on each tensor-parallel
+            rank's shard (the input embedding stays dense, also when tied): ``None`` (off),
+            ``"int8"`` (symmetric, one scale per output channel), ``"int4"`` (symmetric, one scale
+            per group of ``quantization_group_size`` input channels) or ``"int4-asym"`` (group-wise
+            scale and zero point). On CPU quantized layers run PyTorch's weight-only kernels with
+            bf16 activations, so ``dtype`` float32/auto becomes bfloat16 for the whole language
+            model (logged); elsewhere they dequantize and run a plain matmul.
+        quantization_group_size: int4 group size (a power of two >= 32; 128 by default). A layer
+            whose input size it does not divide uses the largest power of two below it that does;
+            if that is under 32 the layer stays dense (bf16), and both cases are logged.
     """
 
     tp: int = 1
@@ -104,6 +119,8 @@ class EngineConfig:
     dtype: str = "auto"
     enforce_eager: bool = False
     num_threads: int | None = None
+    quantization: str | None = None
+    quantization_group_size: int = 128
 
     def __post_init__(self) -> None:
         if self.tp < 1:
@@ -122,6 +139,14 @@ class EngineConfig:
             raise ValueError(
                 f"EngineConfig.dtype must be auto/float32/float16/bfloat16, got {self.dtype!r}"
             )
+        if self.quantization is not None and self.quantization not in QUANTIZATION_METHODS:
+            raise ValueError(
+                f"EngineConfig.quantization must be one of {', '.join(QUANTIZATION_METHODS)} or None, "
+                f"got {self.quantization!r}"
+            )
+        g = self.quantization_group_size
+        if not isinstance(g, int) or g < 32 or g & (g - 1):
+            raise ValueError(f"EngineConfig.quantization_group_size must be a power of two >= 32, got {g!r}")
 
 
 @dataclass

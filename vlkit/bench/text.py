@@ -108,11 +108,11 @@ def decode_step_cost(batch: int, context: int, cfg: dict[str, Any] = W1_LM) -> t
 
 
 # -- peers -----------------------------------------------------------------------------------
-def run_hf(path: str, prompts: list[list[int]], new_tokens: int) -> dict[str, float]:
+def run_hf(path: str, prompts: list[list[int]], new_tokens: int, dtype: torch.dtype = torch.float32) -> dict[str, float]:
     from transformers import AutoModelForCausalLM
     from transformers import GenerationConfig as HFGen
 
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
     width = max(len(p) for p in prompts)
     ids = torch.zeros(len(prompts), width, dtype=torch.long)
     mask = torch.zeros(len(prompts), width, dtype=torch.long)
@@ -138,7 +138,7 @@ def run_vlkit(path: str, prompts: list[list[int]], new_tokens: int, engine_kwarg
     from vlkit.engine.loader import text_model_spec
 
     blocks = sum(-(-(len(p) + new_tokens) // 16) for p in prompts) + 8
-    cfg = EngineConfig(device="cpu", dtype="float32", num_blocks=blocks, **(engine_kwargs or {}))
+    cfg = EngineConfig(**{"device": "cpu", "dtype": "float32", "num_blocks": blocks, **(engine_kwargs or {})})
     gen = GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
     with LLMEngine(text_model_spec(path), cfg) as eng:
         eng.generate([p[:8] for p in prompts[:2]], GenerationConfig(max_new_tokens=2, ignore_eos=True))  # warm-up
@@ -181,6 +181,7 @@ def run_text_bench(
     print_table: bool = False,
     num_threads: int | None = None,
     repeats: int = 2,
+    precision: str = "fp32",
 ) -> dict[str, Any]:
     """Benchmark the W1 language model; returns every figure as a dict (see module doc).
 
@@ -190,6 +191,9 @@ def run_text_bench(
     """
     import transformers
 
+    from vlkit.bench.precision import engine_kwargs, hf_dtype
+
+    engine = engine_kwargs(precision)
     if num_threads:
         torch.set_num_threads(num_threads)
 
@@ -203,9 +207,9 @@ def run_text_bench(
         decode_mm = measure_matmul(num_requests, 512, 2048)
         vl_runs, hf_runs = [], []
         for _ in range(max(1, repeats)):
-            vl_runs.append(run_vlkit(path, prompts, new_tokens))
+            vl_runs.append(run_vlkit(path, prompts, new_tokens, engine))
             if not skip_hf:
-                hf_runs.append(run_hf(path, prompts, new_tokens))
+                hf_runs.append(run_hf(path, prompts, new_tokens, hf_dtype(precision)))
         vl = max(vl_runs, key=lambda r: r["tok_per_s"])
         vl["peak_rss_mb"] = vl_runs[0]["peak_rss_mb"]  # before HF ever loaded
         hf = max(hf_runs, key=lambda r: r["tok_per_s"]) if hf_runs else None
@@ -214,6 +218,7 @@ def run_text_bench(
     ideal = max(nbytes / bw, flops / peak)
     res: dict[str, Any] = {
         "workload": "w1-text",
+        "precision": precision,
         "num_requests": num_requests,
         "new_tokens": new_tokens,
         "prompt_lens": [len(p) for p in prompts],
@@ -272,9 +277,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for both peers")
     ap.add_argument("--repeats", type=int, default=2, help="runs per peer (fastest reported)")
     ap.add_argument("--json", default=None, help="write the record here")
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int4", "int4-asym"],
+                    help="vlkit's precision (int*: weight-only, bf16 activations); HF runs at the matching dtype")
     a = ap.parse_args(argv)
     res = run_text_bench(a.requests, a.new_tokens, skip_hf=a.skip_hf, print_table=True, num_threads=a.threads,
-                         repeats=a.repeats)
+                         repeats=a.repeats, precision=a.precision)
     if a.json:
         with open(a.json, "w") as f:
             json.dump(res, f, indent=2)

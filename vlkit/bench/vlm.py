@@ -65,7 +65,8 @@ def run_vlkit(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, track_
 
     blocks = len(reqs) * (-(-(400 + new_tokens) // 16)) + 16
     gen = vlkit.GenerationConfig(max_new_tokens=new_tokens, ignore_eos=True)
-    with vlkit.pipeline(str(path), engine_config=vlkit.EngineConfig(num_blocks=blocks, dtype="float32", **engine)) as pipe:
+    cfg = vlkit.EngineConfig(**{"num_blocks": blocks, "dtype": "float32", **engine})
+    with vlkit.pipeline(str(path), engine_config=cfg) as pipe:
         pipe((QUESTIONS[0][:20], reqs[0][1]), gen_config=vlkit.GenerationConfig(max_new_tokens=2))  # warm-up
         pipe.image_encoder.clear()
         if track_kv:
@@ -107,11 +108,11 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _hf_model(path: Path) -> tuple[Any, Any]:
+def _hf_model(path: Path, dtype: Any = None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).to(_device()).eval()
+    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype or torch.float32).to(_device()).eval()
     proc = AutoProcessor.from_pretrained(str(path))
     return model, proc
 
@@ -121,11 +122,11 @@ def _hf_prompt(proc: Any, question: str) -> str:
     return proc.apply_chat_template(msgs, add_generation_prompt=True)
 
 
-def run_hf(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, batched: bool) -> dict[str, Any]:
+def run_hf(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, batched: bool, dtype: Any = None) -> dict[str, Any]:
     import torch
     from PIL import Image
 
-    model, proc = _hf_model(path)
+    model, proc = _hf_model(path, dtype)
     proc.tokenizer.padding_side = "left"
     gen = {"max_new_tokens": new_tokens, "min_new_tokens": new_tokens, "do_sample": False,
            "pad_token_id": proc.tokenizer.pad_token_id}
@@ -146,11 +147,16 @@ def run_hf(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, batched: 
 
 
 def run_w1(num_requests: int = 16, new_tokens: int = 64, skip_hf: bool = False, hf_sequential: bool = True,
-           checkpoint_dir: str | None = None) -> dict[str, Any]:
+           checkpoint_dir: str | None = None, precision: str = "fp32") -> dict[str, Any]:
+    """W1 at ``precision`` (fp32, bf16, int8, int4, int4-asym: vlkit.bench.accuracy.PRECISIONS;
+    the int ones with bf16 activations), the HF peers at the matching dtype (bf16 for int*)."""
     import torch
     import transformers
 
+    from vlkit.bench.precision import engine_kwargs, hf_dtype
     from vlkit.bench.text import W1_LM, decode_step_cost, measure_bandwidth, measure_matmul
+
+    engine = engine_kwargs(precision)
 
     reqs = _requests(num_requests)
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,16 +169,19 @@ def run_w1(num_requests: int = 16, new_tokens: int = 64, skip_hf: bool = False, 
                            check=True)
         # vlkit first, with no torch work on this thread before it: a second thread running parallel
         # torch ops makes libgomp stop spinning and slows the loop thread's ops (vlkit/loop.py)
-        vl = run_vlkit(path, reqs, new_tokens)
+        vl = run_vlkit(path, reqs, new_tokens, **engine)
         bw = measure_bandwidth()
         peak = measure_matmul(1024, 1024, 1024)
-        hf_b = None if skip_hf else run_hf(path, reqs, new_tokens, batched=True)
-        hf_s = None if (skip_hf or not hf_sequential) else run_hf(path, reqs, new_tokens, batched=False)
+        hf_b = None if skip_hf else run_hf(path, reqs, new_tokens, batched=True, dtype=hf_dtype(precision))
+        hf_s = None if (skip_hf or not hf_sequential) else run_hf(path, reqs, new_tokens, batched=False,
+                                                                   dtype=hf_dtype(precision))
     ctx = int(vl["mean_prompt_len"] + new_tokens / 2)
     nbytes, flops = decode_step_cost(num_requests, ctx, W1_LM)
     ideal = max(nbytes / bw, flops / peak)
     return {
         "workload": "w1",
+        "precision": precision,
+        "date": time.strftime("%Y-%m-%d"),
         "num_requests": num_requests,
         "new_tokens": new_tokens,
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "device": _device(),
@@ -193,7 +202,8 @@ def run_w1(num_requests: int = 16, new_tokens: int = 64, skip_hf: bool = False, 
 
 def format_table(res: dict[str, Any]) -> str:
     vl = res["vlkit"]
-    rows = [("workload", f"{res['workload']}: {res['num_requests']} requests x {res['new_tokens']} new tokens"),
+    rows = [("workload", f"{res['workload']}: {res['num_requests']} requests x {res['new_tokens']} new tokens, "
+                         f"{res.get('precision', 'fp32')}"),
             ("vlkit tok/s", f"{vl['tok_per_s']:.1f}")]
     for key, label in (("hf_generate_batched", "HF generate batched"), ("hf_generate_sequential", "HF generate one at a time")):
         if res.get(key):
@@ -236,7 +246,8 @@ def plot(res: dict[str, Any], path: str | Path) -> Path | None:
     ax.bar_label(bars, fmt="%.0f")
     ax.set_ylabel("output tokens / s")
     where = res["machine"].get("device", "cpu").upper()
-    ax.set_title(f"{res['workload']}: {res['num_requests']} requests x {res['new_tokens']} tokens ({where}, fp32)")
+    ax.set_title(f"{res['workload']}: {res['num_requests']} requests x {res['new_tokens']} tokens "
+                 f"({where}, {res.get('precision', 'fp32')})")
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)

@@ -10,6 +10,7 @@ parallelism rank 0 first sends the inputs to the workers.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,12 @@ from vlkit.engine.sequence import ScheduledChunk, Sequence
 from vlkit.layers.attention import AttentionContext, PrefillChunk, flash_decode_available
 from vlkit.layers.linear import prepack_linears
 from vlkit.models.spec import LanguageModelSpec
+
+logger = logging.getLogger("vlkit.engine")
+
+# Quantized CPU models run entirely in bf16 (see ModelRunner); False keeps fp32 activations and
+# casts around each quantized matmul instead (measured slower: docs/benchmarks.md).
+QUANT_BF16_MODEL = True
 
 # Most memory the per-step decode KV kept between steps may take (all layers); past it, each
 # layer gathers its blocks every step instead.
@@ -76,6 +83,11 @@ class ModelRunner:
         rank, world_size: tensor-parallel position; rank 0 with ``world_size > 1`` spawns the
             workers itself.
         num_threads: torch CPU threads.
+        quantization, quantization_group_size: weight-only quantization of the linear layers and
+            LM head (:mod:`vlkit.layers.quant`), applied on every rank after loading. On CPU an
+            fp32 ``dtype`` becomes bf16 for the whole language model (``self.dtype``, KV cache
+            included): the int kernels only pay with bf16 activations, and casting around each
+            quantized matmul in an otherwise fp32 model measured slower (docs/benchmarks.md).
     """
 
     def __init__(
@@ -87,10 +99,19 @@ class ModelRunner:
         rank: int = 0,
         world_size: int = 1,
         num_threads: int | None = None,
+        quantization: str | None = None,
+        quantization_group_size: int = 128,
     ):
         self.spec = spec
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+        self.quantization = quantization
+        self.quant_report = None
+        if quantization and self.device.type == "cpu" and self.dtype == torch.float32 and QUANT_BF16_MODEL:
+            if rank == 0:
+                logger.info("quantization %s: the language model runs in bfloat16 (dtype float32 was asked)",
+                            quantization)
+            self.dtype = torch.bfloat16
         self.block_size = block_size
         self.rank, self.world_size = rank, world_size
         self.workers = None
@@ -104,13 +125,18 @@ class ModelRunner:
                 block_size=block_size,
                 world_size=world_size,
                 num_threads=num_threads,
+                quantization=quantization,
+                quantization_group_size=quantization_group_size,
             )
             self.workers = TPWorkers(world_size, ModelRunner, {**kwargs, "rank": 0})
             # each worker gets its own rank through _worker_main -> ModelRunner(rank=...)
         try:
-            self.model = load_backbone(spec, self.device, self.dtype)
+            if quantization:
+                self.model = self._load_quantized(quantization, quantization_group_size)
+            else:
+                self.model = load_backbone(spec, self.device, self.dtype)
             self.num_prepacked = 0
-            if self.device.type == "cpu" and self.dtype == torch.float32:
+            if self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16):
                 self.num_prepacked = prepack_linears(self.model)
             self.worker_memory = self.workers.wait("loaded") if self.workers else []
         except Exception:
@@ -128,6 +154,26 @@ class ModelRunner:
         self._decode_kv: list[torch.Tensor] | None = None
         self._decode_kv_valid = False
         self._prev_singles: tuple[list, list[int]] = ([], [])
+
+    def _load_quantized(self, method: str, group_size: int):
+        """Load in fp32 (quantization rounds from the checkpoint's own values, not from a bf16
+        copy), quantize the linears and LM head, then cast what stays dense to ``self.dtype``."""
+        from vlkit.layers.quant import quantize_model
+        from vlkit.layers.rotary import RotaryEmbedding
+
+        model = load_backbone(self.spec, self.device, torch.float32)
+        compute = torch.bfloat16 if self.device.type == "cpu" else self.dtype  # what the int kernels take
+        self.quant_report = quantize_model(model, method, group_size, compute_dtype=compute)
+        if self.dtype != torch.float32:
+            with torch.no_grad():
+                for t in list(model.parameters()) + list(model.buffers()):
+                    if t.is_floating_point() and t.numel():
+                        t.data = t.data.to(self.dtype)
+                for m in model.modules():
+                    if isinstance(m, RotaryEmbedding) and m.dtype != self.dtype:  # tables built at init
+                        m.dtype = self.dtype
+                        m._build(m._cos.shape[0])
+        return model
 
     # -- KV cache -------------------------------------------------------------------------
     def memory_report(self) -> int:

@@ -51,7 +51,10 @@ class ParallelLMHead(VocabParallelEmbedding):
         super().__init__(num_embeddings, embedding_dim)
         if bias:
             raise NotImplementedError("LM head bias is not supported")
-        self.packed_weight = None  # see vlkit.layers.linear.prepack_linears
+        # oneDNN's packed weight (vlkit.layers.linear.prepack_linears) or a QuantizedWeight
+        # (vlkit.layers.quant): the LM head is quantized with the linears, the input embedding
+        # (a tied head's weight included) stays dense
+        self.packed_weight = None
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor | None:
         logits = linear(hidden, self.weight, None, self.packed_weight)
