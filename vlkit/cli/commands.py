@@ -12,11 +12,24 @@ from typing import Any
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
-    g.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    g.add_argument("--session-len", type=int, default=None, help="longest prompt + output (default: the model's)")
+    g.add_argument("--tp", "-tp", "--tensor-parallel-size", dest="tp", type=int, default=1,
+                   help="tensor-parallel degree")
+    g.add_argument("--session-len", "--max-model-len", dest="session_len", type=int, default=None,
+                   help="longest prompt + output (default: the model's)")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     g.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"])
     g.add_argument("--num-blocks", type=int, default=None, help="KV-cache blocks (default: sized from memory)")
+    g.add_argument("--cache-max-entry-count", type=float, default=None,
+                   help="fraction of free memory for the KV cache when --num-blocks is not given")
+    g.add_argument("--max-batch-size", type=int, default=None, help="sequences per step at most")
+    g.add_argument("--quantization", default=None, choices=["int8", "int4", "int4-asym"],
+                   help="weight-only quantization of the LM's linear layers and LM head, round-to-nearest at "
+                        "load (int8: per channel; int4: group-wise symmetric; int4-asym: with zero points); "
+                        "on CPU the LM then runs in bf16")
+    g.add_argument("--quantization-group-size", type=int, default=128, help="int4 group size, a power of two >= 32")
+    g.add_argument("--revision", default=None, help="branch, tag or commit of a hub id")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="let code shipped with the checkpoint run (never needed by the bundled families)")
     g.add_argument("--chat-template", default=None, help="template name (see `vlkit list-models`) or .jinja path")
     g.add_argument("--vision-max-batch-size", type=int, default=16, help="images per vision forward")
 
@@ -62,13 +75,21 @@ def _pipeline(args: argparse.Namespace) -> Any:
     ctc = ChatTemplateConfig()
     if tpl:
         ctc = ChatTemplateConfig(chat_template=tpl) if tpl.endswith(".jinja") else ChatTemplateConfig(model_name=tpl)
+    extra: dict[str, Any] = {}
+    if args.cache_max_entry_count is not None:
+        extra["cache_max_entry_count"] = args.cache_max_entry_count
+    if args.max_batch_size is not None:
+        extra["max_batch_size"] = args.max_batch_size
     return vlkit.pipeline(
         args.model,
         engine_config=EngineConfig(
-            tp=args.tp, session_len=args.session_len, device=args.device, dtype=args.dtype, num_blocks=args.num_blocks
+            tp=args.tp, session_len=args.session_len, device=args.device, dtype=args.dtype, num_blocks=args.num_blocks,
+            quantization=args.quantization, quantization_group_size=args.quantization_group_size, **extra,
         ),
         vision_config=VisionConfig(max_batch_size=args.vision_max_batch_size),
         chat_template_config=ctc,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
     )
 
 
@@ -200,7 +221,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmark vlkit against HF transformers in the same run (see docs/benchmarks.md)")
     p.add_argument("workload", nargs="?", default="w1", help="w1 (LLaVA W1), w1-text (its language model alone), w2 (multi-turn), "
-                   "w3 (vision encoder batching), w4 (scaling with load), or a plugin's (mobilevlm)")
+                   "w3 (vision encoder batching), w4 (scaling with load), accuracy (each precision against fp32), "
+                   "or a plugin's (mobilevlm)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int4", "int4-asym"],
+                   help="vlkit's precision (int*: weight-only, bf16 activations); HF runs at the matching dtype")
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--output", default=None, help="write the JSON record here (and a PNG next to it)")
@@ -211,23 +235,73 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 ADDERS: list[Any] = [add_run, add_chat, add_demo, add_bench]
 
 
+def _limit_mm(value: str) -> int:
+    """``--limit-mm-per-prompt``: ``16`` or vLLM's JSON form ``'{"image": 16}'``."""
+    import json
+
+    text = value.strip()
+    if text.startswith("{"):
+        try:
+            n = json.loads(text).get("image")
+        except (ValueError, AttributeError) as exc:
+            raise argparse.ArgumentTypeError(f"not a JSON object: {value!r}") from exc
+        if not isinstance(n, int):
+            raise argparse.ArgumentTypeError(f"want {{\"image\": N}}, got {value!r}")
+        return n
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"want an integer or {{\"image\": N}}, got {value!r}") from exc
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from vlkit.serve import ServerConfig, create_app
+        from vlkit.serve import ServerConfig, create_app
+    except ImportError as exc:
+        print(f"vlkit serve: the server needs the serve extra: pip install 'vlkit[serve]' ({exc})", file=sys.stderr)
+        return 2
+    from vlkit.api.fetch import MediaPolicy
 
-    pipe = _pipeline(args)
+    policy = MediaPolicy.server(
+        allowed_local_media_path=args.allowed_local_media_path,
+        allowed_media_domains=args.allowed_media_domains or (),
+        allow_private_urls=args.allow_private_media_urls,
+        fetch_timeout=args.media_fetch_timeout,
+        max_images=args.limit_mm_per_prompt,
+        max_total_pixels=args.max_pixels_per_request or None,
+    )
+    try:
+        pipe = _pipeline(args)
+    except (OSError, ValueError) as exc:
+        print(f"vlkit serve: {exc}", file=sys.stderr)
+        return 2
     keys = [k for k in (args.api_keys or []) if k]
     app = create_app(pipe, ServerConfig(
         model_name=args.model_name or str(args.model),
         api_keys=keys,
         max_concurrent_requests=args.max_concurrent_requests,
         max_body_bytes=args.max_body_mb * 1024 * 1024,
+        media_policy=policy,
+        exit_on_engine_failure=args.exit_on_engine_failure,
     ))
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=5))
+
+    def stop() -> None:
+        server.should_exit = True
+
+    app.state.on_engine_failure = stop
+    print(f"vlkit serve: {args.model_name or args.model} on http://{args.host}:{args.port}/v1 "
+          f"(health: /health, metrics: /metrics)", file=sys.stderr, flush=True)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, timeout_graceful_shutdown=5)
+        server.run()
     finally:
         pipe.close()
+    if app.state.engine_failed is not None:
+        print(f"vlkit serve: exiting, the engine failed: {app.state.engine_failed}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -237,10 +311,27 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=23333)
     p.add_argument("--api-keys", nargs="*", default=None, help="accepted bearer keys (default: no auth)")
-    p.add_argument("--model-name", default=None, help="model id reported by /v1/models (default: MODEL)")
+    p.add_argument("--api-key", dest="api_keys", action="append", help="an accepted bearer key (repeatable)")
+    p.add_argument("--model-name", "--served-model-name", dest="model_name", default=None,
+                   help="model id reported by /v1/models (default: MODEL)")
     p.add_argument("--max-concurrent-requests", type=int, default=256, help="more in flight get 429")
     p.add_argument("--max-body-mb", type=int, default=32, help="larger request bodies get 413")
     p.add_argument("--log-level", default="warning")
+    p.add_argument("--exit-on-engine-failure", action=argparse.BooleanOptionalAction, default=True,
+                   help="exit (code 1) once the engine cannot serve, for a supervisor to restart (default: on)")
+    m = p.add_argument_group("media (secure by default; see docs/serving.md)")
+    m.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
+                   help="read local image paths and file:// URLs under DIR (default: none)")
+    m.add_argument("--allowed-media-domains", nargs="*", default=None, metavar="HOST",
+                   help="fetch image URLs only from these hosts (and subdomains), whatever their addresses")
+    m.add_argument("--allow-private-media-urls", action="store_true",
+                   help="fetch image URLs on loopback, private and link-local addresses too")
+    m.add_argument("--media-fetch-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="wall-clock limit of a whole image download (default 10)")
+    m.add_argument("--limit-mm-per-prompt", type=_limit_mm, default=16, metavar="N",
+                   help='images per request (default 16; vLLM\'s \'{"image": N}\' is accepted)')
+    m.add_argument("--max-pixels-per-request", type=int, default=128_000_000, metavar="N",
+                   help="pixels all of a request's images may have together (default 128000000; 0: no limit)")
     _add_engine_flags(p)
     p.set_defaults(func=cmd_serve)
 

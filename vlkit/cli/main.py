@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     for add in _model_command_adders():
         add(sub)
     _plugin_commands(sub)
+    parser.allow_abbrev = False  # `--model X` must not silently become `--model-name X`
+    for sub_parser in sub.choices.values():
+        sub_parser.allow_abbrev = False
     return parser
 
 

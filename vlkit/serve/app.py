@@ -2,13 +2,18 @@
 
 Endpoints: ``GET /v1/models``, ``POST /v1/chat/completions`` (images by URL or ``data:`` URI,
 SSE streaming or not), ``POST /v1/completions`` (text), ``GET /health``, ``GET /metrics``.
-Errors use OpenAI's shape. A streaming client that goes away aborts its request, which frees
-its KV blocks at once.
+Every error is a JSON body in OpenAI's shape, counted in ``vlkit_requests_total``. A client
+that goes away, streaming or not, aborts its request, which frees its KV blocks at once.
+Images come in under :attr:`ServerConfig.media_policy` (by default no local files and no
+private addresses: docs/serving.md, "Security").
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -17,10 +22,26 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
-from vlkit.config import GenerationConfig
+from vlkit.api.fetch import MediaPolicy
 from vlkit.contract.messages import RawText
 from vlkit.serve.errors import APIError, bad_request
+from vlkit.serve.guard import Guard
 from vlkit.serve.metrics import Metrics
+from vlkit.serve.protocol import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Completion,
+    CompletionRequest,
+    ErrorResponse,
+    generation_config,
+    parse_body,
+    sanitize,
+    validate,
+)
+
+logger = logging.getLogger("vlkit.serve")
+
+_ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 404, 413, 415, 429, 500, 503)}
 
 
 @dataclass
@@ -29,11 +50,16 @@ class ServerConfig:
 
     Args:
         model_name: the id ``/v1/models`` reports and requests may name.
-        api_keys: accepted bearer keys; empty: no authentication.
+        api_keys: accepted bearer keys (compared in constant time); empty: no authentication.
         max_concurrent_requests: requests in flight at once; more get 429.
         max_body_bytes: larger request bodies get 413.
         default_max_tokens: when a request gives neither ``max_tokens`` nor ``max_completion_tokens``
             (``None``: :class:`~vlkit.config.GenerationConfig`'s default, the one vlkit has).
+        media_policy: where requests' images may come from and how many a request may bring.
+        exit_on_engine_failure: once the engine cannot serve (a dead tensor-parallel worker, a
+            failed step), stop the server so that a supervisor restarts it (``vlkit serve`` then
+            exits 1); ``/health`` says 503 either way.
+        engine_check_interval: seconds between checks of the engine's health.
     """
 
     model_name: str = "vlkit"
@@ -41,91 +67,55 @@ class ServerConfig:
     max_concurrent_requests: int = 256
     max_body_bytes: int = 32 * 1024 * 1024
     default_max_tokens: int | None = None
-
-
-def _num(body: dict[str, Any], name: str, kind: type, lo: float | None = None, hi: float | None = None) -> Any:
-    v = body.get(name)
-    if v is None:
-        return None
-    if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
-        raise bad_request(f"'{name}' must be an integer", name)
-    if kind is float and (isinstance(v, bool) or not isinstance(v, (int, float))):
-        raise bad_request(f"'{name}' must be a number", name)
-    if (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise bad_request(f"'{name}' must be between {lo} and {hi}, got {v}", name)
-    return v
-
-
-def generation_config(body: dict[str, Any], default_max_tokens: int | None = None) -> GenerationConfig:
-    """OpenAI request fields -> GenerationConfig (400 naming the field on bad values)."""
-    max_tokens = _num(body, "max_completion_tokens", int, 0) or _num(body, "max_tokens", int, 0)
-    temperature = _num(body, "temperature", float, 0, 2)
-    top_p = _num(body, "top_p", float, 0, 1)
-    seed = _num(body, "seed", int)
-    stop = body.get("stop")
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop)):
-        raise bad_request("'stop' must be a string or a list of strings", "stop")
-    logprobs: int | None = None
-    if body.get("logprobs"):
-        if "messages" in body:  # chat: logprobs is a bool, top_logprobs an int
-            logprobs = _num(body, "top_logprobs", int, 0, 20) or 0
-            logprobs = max(logprobs, 1)
-        else:
-            logprobs = _num(body, "logprobs", int, 0, 20)
-    n = _num(body, "n", int, 1)
-    if n not in (None, 1):
-        raise bad_request("only n=1 is supported", "n")
-    do_sample = temperature is None or temperature > 0
-    if temperature is None:
-        temperature = 1.0
-    if max_tokens is None:
-        max_tokens = default_max_tokens
-    return GenerationConfig(
-        **({} if max_tokens is None else {"max_new_tokens": max_tokens}),
-        do_sample=do_sample and temperature > 0,
-        temperature=temperature if temperature > 0 else 1.0,
-        top_p=top_p if top_p not in (None, 0) else 1.0,
-        top_k=_num(body, "top_k", int, 0) or 0,
-        min_p=_num(body, "min_p", float, 0, 1) or 0.0,
-        repetition_penalty=_num(body, "repetition_penalty", float, 0.01) or 1.0,
-        random_seed=seed,
-        stop_words=stop,
-        ignore_eos=bool(body.get("ignore_eos", False)),
-        logprobs=logprobs,
-    )
+    media_policy: MediaPolicy = field(default_factory=MediaPolicy.server)
+    exit_on_engine_failure: bool = False
+    engine_check_interval: float = 0.5
 
 
 def create_app(pipe: Any, config: ServerConfig | None = None) -> Any:
-    """The FastAPI app serving ``pipe`` (a :class:`vlkit.api.pipeline.Pipeline`)."""
+    """The FastAPI app serving ``pipe`` (a :class:`vlkit.api.pipeline.Pipeline`).
+
+    ``app.state.on_engine_failure`` (a callable, set by ``vlkit serve``) is called once when the
+    engine fails and ``exit_on_engine_failure`` is on; ``app.state.engine_failed`` records it.
+    """
     from vlkit.contract.messages import MessageError
 
     cfg = config or ServerConfig()
-    app = FastAPI(title="vlkit", version=_version())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        watcher = asyncio.get_running_loop().create_task(watch_engine())
+        try:
+            yield
+        finally:
+            watcher.cancel()
+
+    app = FastAPI(title="vlkit", version=_version(), lifespan=lifespan)
     metrics = Metrics()
     app.state.pipe, app.state.config, app.state.metrics = pipe, cfg, metrics
+    app.state.engine_failed = None
+    app.state.on_engine_failure = None
+
+    def endpoint_of(path: str) -> str:
+        return {"/v1/chat/completions": "chat", "/v1/completions": "completions"}.get(path, path.strip("/") or "root")
+
+    app.add_middleware(Guard, api_keys=list(cfg.api_keys), max_body_bytes=cfg.max_body_bytes,
+                       on_reject=lambda path, status: metrics.finished(endpoint_of(path), str(status)))
 
     def error_response(err: APIError) -> JSONResponse:
         return JSONResponse(err.body(), status_code=err.status)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        if cfg.api_keys and request.url.path != "/health":
-            auth = request.headers.get("authorization", "")
-            key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-            if key not in cfg.api_keys:
-                return error_response(APIError(401, "missing or invalid API key", type="authentication_error",
-                                               code="invalid_api_key"))
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > cfg.max_body_bytes:
-            return error_response(APIError(413, f"request body of {length} bytes exceeds {cfg.max_body_bytes}",
-                                           code="request_too_large"))
-        return await call_next(request)
-
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, exc: APIError) -> JSONResponse:
+        metrics.finished(endpoint_of(request.url.path), str(exc.status))
         return error_response(exc)
+
+    @app.exception_handler(Exception)
+    async def on_error(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("request failed")
+        metrics.finished(endpoint_of(request.url.path), "500")
+        return error_response(APIError(500, sanitize(f"internal error: {type(exc).__name__}: {exc}"),
+                                       type="server_error"))
 
     async def read_json(request: Request) -> dict[str, Any]:
         raw = b""
@@ -133,20 +123,30 @@ def create_app(pipe: Any, config: ServerConfig | None = None) -> Any:
             raw += chunk
             if len(raw) > cfg.max_body_bytes:
                 raise APIError(413, f"request body exceeds {cfg.max_body_bytes} bytes", code="request_too_large")
-        try:
-            body = json.loads(raw)
-        except ValueError as exc:
-            raise bad_request(f"request body is not valid JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise bad_request("request body must be a JSON object")
+        body = parse_body(raw)
         model = body.get("model")
         if model is not None and model not in (cfg.model_name, str(pipe.model_path)):
             raise APIError(404, f"model {model!r} does not exist; this server serves {cfg.model_name!r}",
                            code="model_not_found", param="model")
         return body
 
-    @app.get("/health")
-    async def health() -> dict[str, str]:
+    async def watch_engine() -> None:
+        while True:
+            await asyncio.sleep(cfg.engine_check_interval)
+            problem = pipe.failure()
+            if problem is None:
+                continue
+            app.state.engine_failed = problem
+            logger.error("the engine cannot serve any more: %s", problem)
+            if cfg.exit_on_engine_failure and app.state.on_engine_failure is not None:
+                app.state.on_engine_failure()
+            return
+
+    @app.get("/health", responses={503: {"model": ErrorResponse}})
+    async def health() -> Any:
+        problem = pipe.failure()
+        if problem is not None:
+            return JSONResponse({"status": "unavailable", "error": sanitize(problem)}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/v1/models")
@@ -160,31 +160,38 @@ def create_app(pipe: Any, config: ServerConfig | None = None) -> Any:
     async def prom() -> PlainTextResponse:
         return PlainTextResponse(metrics.render(_engine_stats(pipe)), media_type="text/plain; version=0.0.4")
 
-    async def run(request: Request, endpoint: str, prompt: Any, gen: GenerationConfig, stream: bool,
-                  shape: Any) -> Any:
+    async def run(request: Request, endpoint: str, prompt: Any, gen: Any, stream: bool, shape: Any) -> Any:
+        arrived = time.monotonic()
         if metrics.running >= cfg.max_concurrent_requests:
-            metrics.finished(endpoint, "429")
             raise APIError(429, f"server is at its limit of {cfg.max_concurrent_requests} concurrent requests; retry later",
                            type="rate_limit_error", code="too_many_requests")
+        failed = pipe.failure()
+        if failed is not None:
+            raise APIError(503, f"the engine cannot serve: {sanitize(failed)}", type="server_error",
+                           code="engine_unavailable")
         metrics.running += 1
-        agen = pipe.generate(prompt, gen)
+        agen = pipe.generate(prompt, gen, media_policy=cfg.media_policy)
         try:
             first = await agen.__anext__()  # bad input fails here, before any byte is sent
         except (MessageError, ValueError) as exc:
             metrics.running -= 1
-            metrics.finished(endpoint, "400")
             await agen.aclose()
-            raise bad_request(str(exc), _param_of(exc)) from exc
+            raise bad_request(sanitize(str(exc)), _param_of(exc)) from exc
         except StopAsyncIteration:
             metrics.running -= 1
             raise APIError(500, "the engine produced no output", type="server_error") from None
-        except BaseException:
+        except BaseException as exc:
             metrics.running -= 1
-            metrics.finished(endpoint, "500")
             await agen.aclose()
+            if isinstance(exc, Exception):
+                raise APIError(503 if pipe.failure() else 500, sanitize(str(exc)), type="server_error") from exc
             raise
+        first_at = time.monotonic()
         rid = f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
         created = int(time.time())
+
+        def observe(last: Any) -> None:
+            metrics.observe_latency(arrived, first_at, time.monotonic(), last.generate_token_len)
 
         async def all_deltas() -> Any:
             yield first
@@ -196,63 +203,107 @@ def create_app(pipe: Any, config: ServerConfig | None = None) -> Any:
                 last = first
                 status = "aborted"
                 try:
-                    async for d in all_deltas():
-                        last = d
-                        yield "data: " + json.dumps(shape.chunk(rid, created, d)) + "\n\n"
-                    if shape.usage_in_stream:
-                        yield "data: " + json.dumps(shape.usage_chunk(rid, created, last)) + "\n\n"
+                    try:
+                        async for d in all_deltas():
+                            last = d
+                            yield "data: " + json.dumps(shape.chunk(rid, created, d)) + "\n\n"
+                        if shape.usage_in_stream:
+                            yield "data: " + json.dumps(shape.usage_chunk(rid, created, last)) + "\n\n"
+                        status = "200"
+                    except Exception as exc:  # noqa: BLE001 - the engine failed mid-stream: say so, then end
+                        status = "500"
+                        logger.error("stream %s failed: %s", rid, exc)
+                        err = APIError(500, sanitize(str(exc)), type="server_error", code="engine_failure")
+                        yield "data: " + json.dumps(err.body()) + "\n\n"
                     yield "data: [DONE]\n\n"
-                    status = "200"
                 finally:
                     await agen.aclose()
                     metrics.running -= 1
                     metrics.finished(endpoint, status, last.input_token_len, last.generate_token_len)
+                    if status == "200":
+                        observe(last)
 
             return StreamingResponse(sse(), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        text, tokens, logprobs, last = [], [], [], first
-        try:
+
+        text, tokens, logprobs = [], [], []
+        state = {"last": first}
+
+        async def collect() -> None:
             async for d in all_deltas():
                 text.append(d.text)
-                tokens += d.token_ids
-                logprobs += d.logprobs or []
-                last = d
-                if await request.is_disconnected():
-                    break
+                tokens.extend(d.token_ids)
+                logprobs.extend(d.logprobs or [])
+                state["last"] = d
+
+        async def client_gone() -> None:
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    return
+
+        work = asyncio.ensure_future(collect())
+        gone = asyncio.ensure_future(client_gone())
+        try:
+            done, _ = await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if work not in done:  # the client left: stop generating for it now
+                work.cancel()
+                metrics.finished(endpoint, "aborted")
+                return JSONResponse({"error": {"message": "client disconnected", "type": "aborted"}}, status_code=499)
+            exc = work.exception()
+            if exc is not None:
+                raise APIError(503 if pipe.failure() else 500, sanitize(str(exc)), type="server_error") from exc
         finally:
+            gone.cancel()
+            if not work.done():
+                work.cancel()
+            try:
+                await work
+            except BaseException:  # noqa: BLE001 - cancelled or already reported
+                pass
             await agen.aclose()
             metrics.running -= 1
+        last = state["last"]
         metrics.finished(endpoint, "200", last.input_token_len, last.generate_token_len)
+        observe(last)
         return shape.full(rid, created, "".join(text), tokens, logprobs, last)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", response_model=ChatCompletion, responses=_ERRORS,
+              openapi_extra=_request_schema(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Any:
         body = await read_json(request)
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise bad_request("'messages' must be a non-empty list", "messages")
-        gen = generation_config(body, cfg.default_max_tokens)
-        stream = bool(body.get("stream", False))
-        opts = body.get("stream_options") or {}
-        return await run(request, "chat", messages, gen, stream,
-                         _ChatShape(cfg.model_name, pipe.tokenizer, bool(opts.get("include_usage")), bool(body.get("logprobs"))))
+        req = validate(ChatCompletionRequest, body)
+        gen = generation_config(req, cfg.default_max_tokens)
+        opts = req.stream_options
+        return await run(request, "chat", body["messages"], gen, req.stream,
+                         _ChatShape(cfg.model_name, pipe.tokenizer, bool(opts and opts.include_usage),
+                                    bool(req.logprobs)))
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", response_model=Completion, responses=_ERRORS,
+              openapi_extra=_request_schema(CompletionRequest))
     async def completions(request: Request) -> Any:
         body = await read_json(request)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        req = validate(CompletionRequest, body)
+        prompt = req.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise bad_request("'prompt' must be one string (batches are not supported)", "prompt")
             prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise bad_request("'prompt' must be a string", "prompt")
-        gen = generation_config(body, cfg.default_max_tokens)
-        stream = bool(body.get("stream", False))
-        opts = body.get("stream_options") or {}
-        return await run(request, "completions", RawText(prompt), gen, stream,
-                         _CompletionShape(cfg.model_name, pipe.tokenizer, bool(opts.get("include_usage"))))
+        gen = generation_config(req, cfg.default_max_tokens)
+        opts = req.stream_options
+        return await run(request, "completions", RawText(prompt), gen, req.stream,
+                         _CompletionShape(cfg.model_name, pipe.tokenizer, bool(opts and opts.include_usage)))
 
     app_started = time.time()
     return app
+
+
+def _request_schema(model: Any) -> dict[str, Any]:
+    """An OpenAPI requestBody for ``model`` (the endpoints parse their bodies themselves, so that
+    size, depth and strictness are theirs to enforce)."""
+    return {"requestBody": {"required": True,
+                            "content": {"application/json": {"schema": model.model_json_schema(ref_template=
+                                                                 "#/components/schemas/{model}")}}}}
 
 
 def _param_of(exc: BaseException) -> str | None:

@@ -1,4 +1,11 @@
-"""Prometheus text exposition of the server's counters and the engine's KV-cache gauges."""
+"""Prometheus text exposition: the server's counters, the engine's KV-cache gauges, and latency
+histograms (prometheus_client, one registry per app) under vLLM's names.
+
+* ``vlkit:e2e_request_latency_seconds``: from the request's arrival to its last token;
+* ``vlkit:time_to_first_token_seconds``: from arrival to the first output (image fetching and
+  encoding and the queue included, as a client sees it);
+* ``vlkit:time_per_output_token_seconds``: the gap between output tokens after the first, per request.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +13,21 @@ import threading
 from collections import Counter
 from typing import Any
 
+_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0,
+            80.0, 160.0)
+
 
 class Metrics:
     def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Histogram
+
+        self.registry = CollectorRegistry()
+        self.e2e = Histogram("vlkit:e2e_request_latency_seconds", "End-to-end request latency.",
+                             buckets=_BUCKETS, registry=self.registry)
+        self.ttft = Histogram("vlkit:time_to_first_token_seconds", "Time from arrival to the first output.",
+                              buckets=_BUCKETS, registry=self.registry)
+        self.tpot = Histogram("vlkit:time_per_output_token_seconds", "Time per output token after the first.",
+                              buckets=_BUCKETS, registry=self.registry)
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, str]] = Counter()  # (endpoint, status) -> count
         self.prompt_tokens = 0
@@ -20,6 +39,13 @@ class Metrics:
             self.requests[(endpoint, status)] += 1
             self.prompt_tokens += prompt_tokens
             self.generation_tokens += generation_tokens
+
+    def observe_latency(self, arrived: float, first: float, done: float, tokens: int) -> None:
+        """One finished request: its arrival, first-output and last-token times (monotonic)."""
+        self.e2e.observe(done - arrived)
+        self.ttft.observe(first - arrived)
+        if tokens > 1:
+            self.tpot.observe((done - first) / (tokens - 1))
 
     def render(self, engine_stats: dict[str, Any]) -> str:
         lines = [
@@ -53,4 +79,6 @@ class Metrics:
                 gauges[key] = (doc, engine_stats[key])
         for name, (doc, value) in gauges.items():
             lines += [f"# HELP {name} {doc}", f"# TYPE {name} gauge", f"{name} {value}"]
-        return "\n".join(lines) + "\n"
+        from prometheus_client import generate_latest
+
+        return "\n".join(lines) + "\n" + generate_latest(self.registry).decode()
