@@ -224,7 +224,7 @@ def test_latency_histograms_and_request_schemas(server):
     client.chat.completions.create(model="tiny", messages=MSGS, max_tokens=4)
     metrics = httpx.get(f"{server.url}/metrics").text
     for name in ("vlkit:e2e_request_latency_seconds", "vlkit:time_to_first_token_seconds",
-                 "vlkit:time_per_output_token_seconds"):
+                 "vlkit:time_per_output_token_seconds", "vlkit:request_queue_time_seconds"):
         count = [line for line in metrics.splitlines() if line.startswith(name + "_count")]
         assert count and float(count[0].split()[-1]) >= 1, name
     spec = httpx.get(f"{server.url}/openapi.json").json()

@@ -31,6 +31,7 @@ class Response:
         logprobs: per generated token, ``{token_id: logprob}`` of the top-N, when asked.
         index: position of the prompt in the batch.
         error: what went wrong, when ``finish_reason == "error"``.
+        queue_time: seconds the request waited in the engine's queue before it first ran.
     """
 
     text: str
@@ -41,6 +42,7 @@ class Response:
     logprobs: list[dict[int, float]] | None = None
     index: int = 0
     error: str | None = None
+    queue_time: float | None = None
 
 
 @dataclass
@@ -66,6 +68,7 @@ def to_response(out: RequestOutput, index: int = 0, *, increment: bool) -> Respo
         finish_reason=out.finish_reason if out.finished else None,
         logprobs=out.new_logprobs if increment else out.logprobs,
         index=index,
+        queue_time=out.queue_time,
     )
 
 

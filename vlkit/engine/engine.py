@@ -293,6 +293,7 @@ class LLMEngine:
             new_text=new_text,
             logprobs=list(seq.logprobs) if seq.logprobs is not None else None,
             new_logprobs=new_lp if seq.logprobs is not None else None,
+            queue_time=seq.queue_time,
         )
 
     def step(self) -> list[RequestOutput]:

@@ -24,6 +24,8 @@ class RequestOutput:
         logprobs: per generated token, ``{token_id: logprob}`` with the top-N and the chosen
             token (``None`` unless ``GenerationConfig.logprobs`` is set).
         new_logprobs: the entries of ``logprobs`` new in this step.
+        queue_time: seconds the request waited in the engine's queue before it was first
+            scheduled (``None`` until then).
     """
 
     request_id: str
@@ -37,3 +39,4 @@ class RequestOutput:
     new_text: str | None = None
     logprobs: list[dict[int, float]] | None = None
     new_logprobs: list[dict[int, float]] | None = None
+    queue_time: float | None = None

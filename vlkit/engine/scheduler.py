@@ -24,6 +24,7 @@ its cache keys change with the factors, so that short-factor blocks are never re
 from __future__ import annotations
 
 import bisect
+import time
 from collections import deque
 
 from vlkit.engine.block_manager import BlockManager
@@ -137,6 +138,7 @@ class Scheduler:
             self.bm.record_prefix_hit(seq, cached)
             if not seq.admitted:
                 seq.num_cached_tokens = cached
+                seq.queue_time = time.monotonic() - seq.added_at
             seq.admitted = True
             chunks.append(self._take(seq, n))
             bisect.insort(self.running, seq, key=lambda s: s.arrival)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,8 @@ class Sequence:
         self.block_hashes: list[int] = []  # prefix-cache keys of the leading full blocks
         self.num_cached_tokens = 0  # prompt tokens served from the prefix cache (first admission)
         self.admitted = False
+        self.added_at = time.monotonic()  # when the engine queued it
+        self.queue_time: float | None = None  # seconds from added_at to its first scheduling
         self.rope_long = False  # LongRoPE: computed with the long factors (part of its cache keys)
         self.finish_reason: str | None = None
         self.generator = generator

@@ -191,7 +191,8 @@ def create_app(pipe: Any, config: ServerConfig | None = None) -> Any:
         created = int(time.time())
 
         def observe(last: Any) -> None:
-            metrics.observe_latency(arrived, first_at, time.monotonic(), last.generate_token_len)
+            metrics.observe_latency(arrived, first_at, time.monotonic(), last.generate_token_len,
+                                    last.queue_time if last.queue_time is not None else first.queue_time)
 
         async def all_deltas() -> Any:
             yield first

@@ -4,7 +4,9 @@ histograms (prometheus_client, one registry per app) under vLLM's names.
 * ``vlkit:e2e_request_latency_seconds``: from the request's arrival to its last token;
 * ``vlkit:time_to_first_token_seconds``: from arrival to the first output (image fetching and
   encoding and the queue included, as a client sees it);
-* ``vlkit:time_per_output_token_seconds``: the gap between output tokens after the first, per request.
+* ``vlkit:time_per_output_token_seconds``: the gap between output tokens after the first, per request;
+* ``vlkit:request_queue_time_seconds``: how long the request waited in the engine's queue
+  (prepared, images encoded) before it was first scheduled.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class Metrics:
                               buckets=_BUCKETS, registry=self.registry)
         self.tpot = Histogram("vlkit:time_per_output_token_seconds", "Time per output token after the first.",
                               buckets=_BUCKETS, registry=self.registry)
+        self.queue = Histogram("vlkit:request_queue_time_seconds", "Time waiting in the engine's queue.",
+                               buckets=_BUCKETS, registry=self.registry)
         self._lock = threading.Lock()
         self.requests: Counter[tuple[str, str]] = Counter()  # (endpoint, status) -> count
         self.prompt_tokens = 0
@@ -40,8 +44,12 @@ class Metrics:
             self.prompt_tokens += prompt_tokens
             self.generation_tokens += generation_tokens
 
-    def observe_latency(self, arrived: float, first: float, done: float, tokens: int) -> None:
-        """One finished request: its arrival, first-output and last-token times (monotonic)."""
+    def observe_latency(self, arrived: float, first: float, done: float, tokens: int,
+                        queue_time: float | None = None) -> None:
+        """One finished request: its arrival, first-output and last-token times (monotonic) and
+        its time in the engine's queue."""
+        if queue_time is not None:
+            self.queue.observe(queue_time)
         self.e2e.observe(done - arrived)
         self.ttft.observe(first - arrived)
         if tokens > 1:
