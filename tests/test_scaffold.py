@@ -327,3 +327,26 @@ def test_wheel_ships_the_template_and_scaffold_runs_from_it(tmp_path: Path) -> N
     vlkit_file, tpl, made = r.stdout.strip().splitlines()[-3:]
     assert Path(vlkit_file).is_relative_to(site) and Path(tpl).is_relative_to(site)
     assert _files(Path(made)) == _files(scaffold("foo", tmp_path / "from-repo", no_input=True))
+
+
+def test_an_installed_family_name_is_refused_and_no_bytecode_is_copied(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from vlkit.contract.registry import get_registry
+
+    installed = [f.name for f in get_registry().families()]
+    if installed:
+        with pytest.raises(ScaffoldError, match=f"a family named '{installed[0]}' is already installed"):
+            scaffold(installed[0], tmp_path, no_input=True)
+        assert not any(tmp_path.iterdir())
+    # bytecode in the template (as pip leaves it in an installed vlkit) does not reach the package
+    tpl = tmp_path / "tpl"
+    shutil.copytree(template_dir(), tpl)
+    for d in [p for p in tpl.rglob("*") if p.is_dir()]:
+        (d / "__pycache__").mkdir(exist_ok=True)
+        (d / "__pycache__" / "hooks.cpython-311.pyc").write_bytes(b"stale")
+    monkeypatch.setattr(scaffold_module, "template_dir", lambda: tpl)
+    pkg = scaffold("bytecodecheck", tmp_path / "out", no_input=True)
+    assert (pkg / "vlkit_plugin_bytecodecheck" / "hooks.py").is_file()
+    assert not list(pkg.rglob("__pycache__")) and not list(pkg.rglob("*.pyc"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,15 @@ def run_cli(args: argparse.Namespace) -> int:
     workload = args.workload
     precision = getattr(args, "precision", None) or "fp32"
     output = Path(args.output) if args.output else Path(f"bench-{workload}-{time.strftime('%Y%m%d-%H%M%S')}.json")
+    if workload in ("w1", "w2", "w3", "w4"):
+        from vlkit.contract.registry import get_registry
+
+        try:
+            get_registry().get_family("llava")
+        except KeyError:
+            print(f"vlkit bench {workload}: the workload runs a LLaVA checkpoint; install vlkit-plugin-llava "
+                  "(w1-text and accuracy need no plugin)", file=sys.stderr)
+            return 2
     if workload == "w1":
         from vlkit.bench import vlm
 

@@ -149,7 +149,12 @@ def cmd_chat(args: argparse.Namespace) -> int:
     from vlkit.api.pipeline import Session
 
     gen = _generation_config(args)
-    with _pipeline(args) as pipe:
+    try:
+        pipe = _pipeline(args)
+    except (OSError, ValueError) as exc:  # a missing directory, an offline hub id, an unknown architecture
+        print(f"vlkit chat: error: {exc}", file=sys.stderr)
+        return 2
+    with pipe:
         print(f"vlkit chat with {args.model}\n{CHAT_HELP}")
         session, pending = Session(), []
         while True:
@@ -275,7 +280,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         pipe = _pipeline(args)
     except (OSError, ValueError) as exc:
-        print(f"vlkit serve: {exc}", file=sys.stderr)
+        print(f"vlkit serve: error: {exc}", file=sys.stderr)
         return 2
     keys = [k for k in (args.api_keys or []) if k]
     app = create_app(pipe, ServerConfig(

@@ -87,7 +87,7 @@ def cmd_scaffold(args: argparse.Namespace) -> int:
         print(f"vlkit scaffold: error: {exc}", file=sys.stderr)
         return 2
     print(f"Created {path}")
-    print(f"Next: pip install -e {path} && cd {path} && pytest")
+    print(f"Next: pip install -e '{path}[test]' pytest && cd {path} && pytest")
     return 0
 
 

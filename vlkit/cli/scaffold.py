@@ -79,6 +79,7 @@ def scaffold(name: str, output_dir: str | Path = ".", no_input: bool = False) ->
         template, or when cookiecutter fails; nothing is left behind in those cases.
     """
     validate_name(name)
+    _not_installed(name)
     out = Path(output_dir).expanduser()
     if out.exists() and not out.is_dir():
         raise ScaffoldError(f"output directory {str(out)!r} is a file")
@@ -134,7 +135,32 @@ def _run_cookiecutter(tpl: Path, name: str, out: Path, target: Path, no_input: b
     path = Path(result)
     if path.resolve() != target.resolve():  # the template names its directory after the family
         raise ScaffoldError(f"the template created {path}, expected {target}")
+    _drop_bytecode(target)
     return target
+
+
+def _drop_bytecode(target: Path) -> None:
+    """Remove ``__pycache__`` folders copied from the installed template (pip byte-compiles the
+    template's ``.py`` files when it installs vlkit)."""
+    import shutil
+
+    for cache in sorted(target.rglob("__pycache__"), reverse=True):
+        shutil.rmtree(cache, ignore_errors=True)
+    for pyc in target.rglob("*.py[co]"):
+        pyc.unlink(missing_ok=True)
+
+
+def _not_installed(name: str) -> None:
+    """Refuse a name an installed family or plugin already has: two families of one name would
+    shadow each other in ``vlkit list-models`` and ``get_family``."""
+    from vlkit.contract.registry import get_registry
+
+    reg = get_registry()
+    taken = {f.name: f.plugin for f in reg.families()}
+    if name in taken:
+        raise ScaffoldError(f"a family named {name!r} is already installed (plugin {taken[name]!r}); choose another name")
+    if name.replace("-", "_") in {p.name.replace("-", "_") for p in reg.plugins}:
+        raise ScaffoldError(f"a plugin named {name!r} is already installed; choose another name")
 
 
 def _cleanup(target: Path, out: Path, made_out: bool, keep_target: bool) -> None:
