@@ -104,3 +104,47 @@ def test_composite_config_ties_the_lm_head_as_transformers_does(llava_dir, tmp_p
     with torch.no_grad():
         theirs = ref.model.language_model(inputs_embeds=embeds).last_hidden_state[0, -1] @ ref.lm_head.weight.T
     torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+HF_FAMILIES = ["llava", "llava-next", "qwen2-vl", "qwen2.5-vl", "internvl-hf", "deepseek-vl", "deepseek-vl-hybrid",
+               "idefics3"]
+
+
+@pytest.mark.parametrize("family", HF_FAMILIES)
+def test_every_hf_family_loads_transformers_module_names(family, tmp_path):
+    """The same weights under the names of transformers' own modules (what its 4.52+ state_dict
+    says, a layout it reads for every class) load in vlkit with the same tokens as the file
+    transformers saved."""
+    import torch
+    import transformers
+    from safetensors.torch import save_file
+
+    from vlkit.contract.registry import get_registry
+
+    try:
+        fam = get_registry().get_family(family)
+    except KeyError:
+        pytest.skip(f"{family} is not installed")
+    src = fam.tiny_checkpoint(tmp_path / "saved")
+    cfg = json.loads((src / "config.json").read_text())
+    cls = getattr(transformers, cfg["architectures"][0])
+    ref = cls.from_pretrained(str(src), dtype=torch.float32)
+    seen: set[int] = set()
+    state = {}
+    for name, t in ref.state_dict().items():
+        if t.data_ptr() in seen:  # tied: stored once, as transformers saves it
+            continue
+        seen.add(t.data_ptr())
+        state[name] = t.contiguous().clone()
+    dst = tmp_path / "module-names"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors", "*.safetensors.index.json", "*.bin"))
+    save_file(state, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    _, info = cls.from_pretrained(str(dst), output_loading_info=True)
+    assert not info["missing_keys"], info  # a layout transformers reads
+    img = make_image(56, 40, seed=5)
+    prompt = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "describe"}]}]
+    tokens = []
+    for path in (src, dst):
+        with vlkit.pipeline(path, engine_config=vlkit.EngineConfig(num_blocks=128, device="cpu", dtype="float32")) as p:
+            tokens.append(p(prompt, gen_config=GEN).token_ids)
+    assert tokens[0] == tokens[1]
