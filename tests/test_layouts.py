@@ -148,3 +148,50 @@ def test_every_hf_family_loads_transformers_module_names(family, tmp_path):
         with vlkit.pipeline(path, engine_config=vlkit.EngineConfig(num_blocks=128, device="cpu", dtype="float32")) as p:
             tokens.append(p(prompt, gen_config=GEN).token_ids)
     assert tokens[0] == tokens[1]
+
+
+@pytest.mark.parametrize("family", ["internvl-hf", "deepseek-vl"])
+def test_tied_composite_checkpoints_of_internvl_and_deepseek(family, tmp_path):
+    """What transformers 5 saves for these classes by default: tie_word_embeddings true at the
+    top, false in text_config, no lm_head tensor. vlkit ties like transformers: its tokens equal
+    those of the same weights saved untied with lm_head = the embeddings."""
+    from safetensors.torch import load_file, save_file
+
+    from vlkit.contract.registry import get_registry
+
+    try:
+        fam = get_registry().get_family(family)
+    except KeyError:
+        pytest.skip(f"{family} is not installed")
+    src = fam.tiny_checkpoint(tmp_path / "src")
+    tied, untied = tmp_path / "tied", tmp_path / "untied"
+    for dst, tie in ((tied, True), (untied, False)):
+        shutil.copytree(src, dst)
+        cfg = json.loads((dst / "config.json").read_text())
+        cfg["tie_word_embeddings"] = tie
+        cfg["text_config"]["tie_word_embeddings"] = False
+        (dst / "config.json").write_text(json.dumps(cfg))
+        index_path = dst / "model.safetensors.index.json"
+        index = json.loads(index_path.read_text()) if index_path.is_file() else None
+        for f in dst.glob("*.safetensors"):
+            tensors = load_file(str(f))
+            head = next((n for n in tensors if n.endswith("lm_head.weight")), None)
+            emb = next((n for n in tensors if n.endswith("embed_tokens.weight")), None)
+            if head is not None:
+                del tensors[head]
+                if index is not None:
+                    index["weight_map"].pop(head)
+            if emb is not None and not tie:  # the head as its own tensor, equal to the embeddings
+                tensors[head or "lm_head.weight"] = tensors[emb].clone()
+                if index is not None:
+                    index["weight_map"][head or "lm_head.weight"] = f.name
+            save_file(tensors, str(f), metadata={"format": "pt"})
+        if index is not None:
+            index_path.write_text(json.dumps(index))
+    img = make_image(56, 40, seed=6)
+    prompt = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "describe"}]}]
+    out = []
+    for path in (tied, untied):
+        with vlkit.pipeline(path, engine_config=vlkit.EngineConfig(num_blocks=128, device="cpu", dtype="float32")) as p:
+            out.append(p(prompt, gen_config=GEN).token_ids)
+    assert out[0] == out[1]
