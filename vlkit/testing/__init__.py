@@ -44,6 +44,12 @@ Images (:mod:`vlkit.testing.images`)
     ``corrupt_image_bytes`` and ``truncated_image_bytes`` (bad input); ``as_vlkit_decodes(img)``
     (the RGB image vlkit hands a VisionModel, for feeding a reference the same pixels).
 
+Checkpoint code (:mod:`vlkit.testing.remote_code`)
+    ``plant_checkpoint_code(dir)`` names code in the checkpoint's ``auto_map`` and writes it as
+    modules that exit the process (status ``RAN_CODE_STATUS``) when imported;
+    ``run_on_terminal(argv)`` runs a command on a pseudo-terminal (where transformers would ask
+    ``[y/N]``) and returns its status and output.
+
 Hooks (:mod:`vlkit.testing.hooks`)
     ``call_hook(hook, family, **kwargs)`` calls one family's hook as the core does (its owner
     only, then the core's fallback).
@@ -67,6 +73,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
                "tiny_clip_vision_config", "tiny_siglip_vision_config", "write_tiny_clip_vision",
                "write_tiny_siglip_vision"),
     ".hooks": ("call_hook",),
+    ".remote_code": ("RAN_CODE_STATUS", "plant_checkpoint_code", "run_on_terminal"),
     ".images": ("as_vlkit_decodes", "corrupt_image_bytes", "data_uri", "exif_rotated_jpeg", "image_bytes", "image_set", "make_image",
                "truncated_image_bytes", "upright_size"),
 })

@@ -134,16 +134,17 @@ def _split(messages: list[dict[str, Any]]) -> list[tuple[str, str, list[Any]]]:
 class OriginalReference:
     """``InternVLChatModel.chat`` semantics on transformers' model with the same weights."""
 
-    def __init__(self, original_dir: str | Path, hf_dir: str | Path) -> None:
+    def __init__(self, original_dir: str | Path, hf_dir: str | Path, tokenizer: Any = None) -> None:
         from transformers import AutoTokenizer, InternVLForConditionalGeneration
 
         self.cfg = json.loads((Path(original_dir) / "config.json").read_text())
-        self.tokenizer = AutoTokenizer.from_pretrained(str(original_dir))
+        self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(str(original_dir))
         self.model = InternVLForConditionalGeneration.from_pretrained(str(hf_dir), dtype=torch.float32).eval()
         size = self.cfg.get("force_image_size") or self.cfg["vision_config"]["image_size"]
         patch = self.cfg["vision_config"]["patch_size"]
         self.num_image_token = int((size // patch) ** 2 * self.cfg["downsample_ratio"] ** 2)
         self.image_token_id = self.tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>")
+        self.model.config.image_token_id = self.image_token_id  # the original checkpoint's tokenizer decides
 
     def query(self, messages: list[dict[str, Any]], max_num: int | None = None) -> tuple[str, torch.Tensor | None]:
         turns, pixels, patches, system = [], [], [], None

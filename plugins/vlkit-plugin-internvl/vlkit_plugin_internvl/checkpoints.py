@@ -11,7 +11,10 @@
   checkpoints (``template``, ``force_image_size``, ``ps_version``, ``max_dynamic_patch``...).
 
 The tokenizer is a byte-level BPE (every text encodes) carrying InternVL's special tokens;
-the InternLM2 variant adds BOS like InternLM2's tokenizer.
+the InternLM2 variant adds BOS like InternLM2's tokenizer. ``tokenizer="sentencepiece"`` gives
+the InternLM2 variant the released files instead (:func:`write_internlm2_tokenizer`): a
+sentencepiece ``tokenizer.model`` and a ``tokenizer_config.json`` whose ``auto_map`` names the
+checkpoint's own ``InternLM2Tokenizer``, as OpenGVLab/InternVL2-2B and -8B ship.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 SPECIALS = (
@@ -61,6 +65,72 @@ def write_tokenizer(path: str | Path, bos: bool) -> Any:
     return fast
 
 
+#: InternLM2's chat tokens (sentencepiece user-defined pieces, in its tokenizer.model) and the ones
+#: InternVL adds after the sentencepiece vocabulary (InternVL2-2B: ids 92544-92552).
+INTERNLM2_PIECES = ("<|plugin|>", "<|interpreter|>", "<|action_end|>", "<|action_start|>", "<|im_end|>", "<|im_start|>")
+INTERNVL_ADDED = ("<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>")
+SP_VOCAB_SIZE = 400  # the tiny model's vocabulary with the sentencepiece tokenizer (pieces + added)
+_CORPUS = (
+    "The quick brown fox jumps over the lazy dog. What is in the image? A cat sits on a red mat.",
+    "Describe the picture in detail. There are two people walking along the beach at sunset.",
+    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。",
+    "user assistant system Please answer the question: how many apples are on the table?",
+    "Frame1: Frame2: video image picture colour color blue green yellow numbers 0123456789",
+)
+
+
+def write_internlm2_tokenizer(path: str | Path, add_dummy_prefix: bool = False) -> dict[str, int]:
+    """InternLM2's tokenizer files, trained tiny: ``tokenizer.model`` (sentencepiece BPE with byte
+    fallback, InternLM2's chat tokens as user-defined pieces), ``tokenizer_config.json`` with the
+    released keys (``auto_map`` to ``tokenization_internlm2.InternLM2Tokenizer``,
+    ``added_tokens_decoder`` holding InternVL's tokens after the sentencepiece vocabulary) and
+    ``special_tokens_map.json``. Returns the added tokens' ids."""
+    import io
+
+    import sentencepiece as spm
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    n_pieces = SP_VOCAB_SIZE - len(INTERNVL_ADDED)
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_CORPUS * 4), model_writer=model, vocab_size=n_pieces, model_type="bpe",
+        byte_fallback=True, character_coverage=1.0, add_dummy_prefix=add_dummy_prefix,
+        user_defined_symbols=list(INTERNLM2_PIECES), unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+        remove_extra_whitespaces=False, split_digits=True, allow_whitespace_only_pieces=True,
+        normalization_rule_name="identity",  # InternLM2 keeps "\n" and "\t" (byte pieces here)
+        minloglevel=2,
+    )
+    (path / "tokenizer.model").write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    ids = {t: sp.piece_to_id(t) for t in ("<unk>", "<s>", "</s>", *INTERNLM2_PIECES)}
+    ids.update({t: n_pieces + i for i, t in enumerate(INTERNVL_ADDED)})
+
+    def added(tok: str) -> dict[str, Any]:
+        return {"content": tok, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False,
+                "special": True}
+
+    cfg = {
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": {str(i): added(t) for t, i in sorted(ids.items(), key=lambda kv: kv[1])},
+        "additional_special_tokens": list(INTERNLM2_PIECES),
+        "auto_map": {"AutoTokenizer": ["tokenization_internlm2.InternLM2Tokenizer", None]},
+        "bos_token": "<s>",
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "</s>",
+        "model_max_length": 8192,
+        "pad_token": "</s>",
+        "tokenizer_class": "InternLM2Tokenizer",
+        "unk_token": "<unk>",
+    }
+    (path / "tokenizer_config.json").write_text(json.dumps(cfg, indent=2))
+    (path / "special_tokens_map.json").write_text(json.dumps({
+        "additional_special_tokens": list(INTERNLM2_PIECES), "bos_token": "<s>", "eos_token": "</s>",
+        "pad_token": "</s>", "unk_token": "<unk>"}, indent=2))
+    return ids
+
+
 def _vision_dims(image_size: int, patch_size: int) -> dict[str, Any]:
     return dict(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -69,10 +139,10 @@ def _vision_dims(image_size: int, patch_size: int) -> dict[str, Any]:
     )
 
 
-def _text_dims(arch: str, eos_token: str) -> dict[str, Any]:
+def _text_dims(arch: str, eos_token: str, vocab_size: int = VOCAB_SIZE) -> dict[str, Any]:
     return dict(
         model_type=arch, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=VOCAB_SIZE, max_position_embeddings=2048, rms_norm_eps=1e-6,
+        num_key_value_heads=2, vocab_size=vocab_size, max_position_embeddings=2048, rms_norm_eps=1e-6,
         rope_theta=10000.0, tie_word_embeddings=False, bos_token_id=SPECIALS.index("<s>") + 256,
         eos_token_id=SPECIALS.index(eos_token) + 256,
     )
@@ -101,8 +171,10 @@ def tiny_internvl_hf(
     image_size: int = 56,
     patch_size: int = 14,
     max_patches: int = 6,
+    vocab_size: int = VOCAB_SIZE,
 ) -> Path:
-    """transformers' ``InternVLForConditionalGeneration`` with a ``text`` (qwen2 | llama) language model."""
+    """transformers' ``InternVLForConditionalGeneration`` with a ``text`` (qwen2 | llama) language model
+    (``vocab_size`` rows of embeddings: more than its tokenizer's leave room for another one's)."""
     import torch
     from transformers import InternVLConfig, InternVLForConditionalGeneration
 
@@ -113,7 +185,7 @@ def tiny_internvl_hf(
     cfg = InternVLConfig(
         vision_config=dict(_vision_dims(image_size, patch_size), attention_bias=True, use_qk_norm=False,
                            use_mean_pooling=True, model_type="internvl_vision"),
-        text_config=_text_dims(text, tok.eos_token),
+        text_config=_text_dims(text, tok.eos_token, vocab_size),
         image_token_id=tok.convert_tokens_to_ids("<IMG_CONTEXT>"),
         image_seq_length=int(tpt * tpt * 0.25),
         downsample_ratio=0.5,
@@ -248,6 +320,7 @@ def tiny_internvl_original(
     seed: int = 0,
     max_dynamic_patch: int = 6,
     shards: int = 1,
+    tokenizer: str = "bpe",
 ) -> Path:
     """The original ``InternVLChatModel`` layout with a ``llm`` (qwen2 | internlm2 | phi3) language model.
 
@@ -257,15 +330,20 @@ def tiny_internvl_original(
     ``Hermes-2`` for Qwen2 (InternVL2-1B), ``internlm2-chat`` for InternLM2 (InternVL2-2B/8B),
     ``phi3-chat`` for Phi-3 (InternVL2-4B; default RoPE here, where the release uses LongRoPE). ``shards > 1``
     writes ``model-0000i-of-0000n.safetensors`` with an index, as the released checkpoints.
+    ``tokenizer="sentencepiece"`` (InternLM2 only) writes InternLM2's released tokenizer files
+    (:func:`write_internlm2_tokenizer`) instead of the byte-level BPE.
     """
     from safetensors.torch import save_file
 
     directory = Path(directory)
     if llm not in ("qwen2", "internlm2", "phi3"):
         raise ValueError(f"llm must be 'qwen2', 'internlm2' or 'phi3', got {llm!r}")
+    if tokenizer not in ("bpe", "sentencepiece") or (tokenizer == "sentencepiece" and llm != "internlm2"):
+        raise ValueError(f"tokenizer must be 'bpe' or (with llm='internlm2') 'sentencepiece', got {tokenizer!r}")
     if hf_checkpoint is None:
         hf_checkpoint = tiny_internvl_hf(
-            directory.parent / f"{directory.name}-hf", text="qwen2" if llm == "qwen2" else "llama", seed=seed
+            directory.parent / f"{directory.name}-hf", text="qwen2" if llm == "qwen2" else "llama", seed=seed,
+            vocab_size=SP_VOCAB_SIZE if tokenizer == "sentencepiece" else VOCAB_SIZE,
         )
     hf_dir = Path(hf_checkpoint)
     hf_cfg = json.loads((hf_dir / "config.json").read_text())
@@ -295,7 +373,14 @@ def tiny_internvl_original(
             wmap.update({n: fname for n in part})
         (directory / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wmap}))
 
-    tok = write_tokenizer(directory, bos=(llm == "internlm2"))
+    if tokenizer == "sentencepiece":
+        ids = write_internlm2_tokenizer(directory)
+        if tc["vocab_size"] < max(ids.values()) + 1:
+            raise ValueError(f"{hf_dir}'s vocabulary ({tc['vocab_size']}) is smaller than the tokenizer's")
+        tok = SimpleNamespace(bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
+                              convert_tokens_to_ids=ids.__getitem__)
+    else:
+        tok = write_tokenizer(directory, bos=(llm == "internlm2"))
     rope = tc.get("rope_parameters") or {}
     common = {k: tc[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                                   "num_key_value_heads", "vocab_size", "max_position_embeddings", "rms_norm_eps")}

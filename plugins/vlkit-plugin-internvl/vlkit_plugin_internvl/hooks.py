@@ -47,6 +47,18 @@ def vlkit_register_families() -> list[ModelFamily]:
 
 
 @hookimpl
+def vlkit_tokenizer(family: Any, hf_config: dict[str, Any], model_path: Path) -> Any:
+    """InternLM2's tokenizer (InternVL2-2B/8B, InternVL2_5-4B/8B...) by the plugin's own code: the
+    checkpoint's ``tokenization_internlm2.py`` is never run, with or without ``trust_remote_code``.
+    Other tokenizers (InternVL2-1B's Qwen2 one, the HF layout's) are left to the core."""
+    from vlkit_plugin_internvl.internlm2_tokenizer import InternLM2Tokenizer, is_internlm2_tokenizer
+
+    if not is_internlm2_tokenizer(model_path):
+        return None
+    return InternLM2Tokenizer(model_path)
+
+
+@hookimpl
 def vlkit_vision_model(family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any) -> Any:
     from vlkit_plugin_internvl.vision import InternVLVisionModel
 
