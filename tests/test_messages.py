@@ -56,7 +56,7 @@ def test_openai_messages_keep_order_and_extras():
     ([{"role": "user"}], r"messages\[0\].content: missing"),
     ([{"role": "bot", "content": "x"}], r"messages\[0\].role"),
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}], r"messages\[0\].content\[0\].image_url.url"),
-    ([{"role": "user", "content": [{"type": "video"}]}], r"messages\[0\].content\[0\].type"),
+    ([{"role": "user", "content": [{"type": "audio"}]}], r"messages\[0\].content\[0\].type"),
     ([{"role": "user", "content": 5}], r"messages\[0\].content: must be"),
 ])
 def test_malformed_messages_name_the_field(msgs, field):

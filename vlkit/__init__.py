@@ -17,12 +17,13 @@ from vlkit.config import (
     VisionConfig,
 )
 from vlkit.contract.hookspecs import hookimpl
-from vlkit.contract.messages import IMAGE_TOKEN
+from vlkit.contract.messages import IMAGE_TOKEN, VIDEO_TOKEN
 
 __version__ = "0.1.0"
 
 __all__ = [
     "IMAGE_TOKEN",
+    "VIDEO_TOKEN",
     "ChatTemplateConfig",
     "EngineConfig",
     "GenerationConfig",

@@ -163,6 +163,9 @@ class VisionConfig:
             default media policy; a server sets its own).
         media_workers: threads that fetch, decode and preprocess images, off the engine thread
             (at most this many images are in the works at once, across all requests).
+        max_video_seconds: longer videos are refused.
+        max_video_frames: videos with more frames (in the source, not the sample) are refused.
+        max_video_frame_pixels: videos whose frames have more pixels are refused.
     """
 
     max_batch_size: int = 16
@@ -170,6 +173,9 @@ class VisionConfig:
     max_image_pixels: int = 64_000_000
     url_timeout: float = 10.0
     media_workers: int = 4
+    max_video_seconds: float = 600.0
+    max_video_frames: int = 36_000
+    max_video_frame_pixels: int = 16_000_000
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:

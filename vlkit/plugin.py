@@ -46,7 +46,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors; at run ti
     from vlkit.contract.chat import ChatTemplateWrapper, PromptInputs, TemplateError  # noqa: F401
     from vlkit.contract.family import ModelFamily, lazy_factory, template_file  # noqa: F401
     from vlkit.contract.hookspecs import hookimpl  # noqa: F401
-    from vlkit.contract.messages import IMAGE_TOKEN, Conversation, to_conversation  # noqa: F401
+    from vlkit.contract.messages import IMAGE_TOKEN, VIDEO_TOKEN, Conversation, to_conversation  # noqa: F401
     from vlkit.contract.vision import ImageItem, VisionModel  # noqa: F401
     from vlkit.engine.loader import read_tensors, tensor_names  # noqa: F401
     from vlkit.layers.activation import SiluAndMul  # noqa: F401
@@ -72,7 +72,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and editors; at run ti
 __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "vlkit.contract.hookspecs": ("hookimpl",),
     "vlkit.contract.family": ("ModelFamily", "lazy_factory", "template_file"),
-    "vlkit.contract.messages": ("IMAGE_TOKEN", "Conversation", "to_conversation"),
+    "vlkit.contract.messages": ("IMAGE_TOKEN", "VIDEO_TOKEN", "Conversation", "to_conversation"),
     "vlkit.contract.chat": ("ChatTemplateWrapper", "PromptInputs", "TemplateError"),
     "vlkit.contract.vision": ("ImageItem", "VisionModel"),
     "vlkit.models.spec": ("LanguageModelSpec",),

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -16,35 +15,11 @@ import time
 import httpx
 import openai
 import pytest
-import uvicorn
 
 import vlkit
+from vlkit.testing.server import ThreadedServer, free_port
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    def __init__(self, pipe, **cfg):
-        from vlkit.serve import ServerConfig, create_app
-
-        self.port = _free_port()
-        self.app = create_app(pipe, ServerConfig(model_name="tiny", **cfg))
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+_Server = ThreadedServer
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +217,7 @@ def _children(pid: int) -> list[int]:
 
 @pytest.mark.slow
 def test_tp2_worker_killed_health_503_stream_error_and_exit(llava_dir):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "vlkit.cli", "serve", str(llava_dir), "--tp", "2", "--port",
                              str(port), "--num-blocks", "64", "--device", "cpu", "--dtype", "float32"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

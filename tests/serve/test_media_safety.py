@@ -9,42 +9,17 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 import threading
 import time
 
 import openai
 import pytest
-import uvicorn
 
 import vlkit
 from vlkit.api.fetch import MediaPolicy
+from vlkit.testing.server import ThreadedServer
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    def __init__(self, pipe, **cfg):
-        from vlkit.serve import ServerConfig, create_app
-
-        self.port = _free_port()
-        app = create_app(pipe, ServerConfig(model_name="tiny", **cfg))
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.client = openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key="none", max_retries=0)
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+_Server = ThreadedServer
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ import asyncio
 import base64
 import io
 import re
-import socket
 import threading
 import time
 
@@ -12,17 +11,12 @@ import httpx
 import pytest
 
 import vlkit
+from vlkit.testing.server import ThreadedServer
 
 openai = pytest.importorskip("openai")
 uvicorn = pytest.importorskip("uvicorn")
 
 KEY = "sk-test-key"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _png_uri(img) -> str:
@@ -31,24 +25,7 @@ def _png_uri(img) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-class _Server:
-    def __init__(self, pipe, **cfg):
-        from vlkit.serve import ServerConfig, create_app
-
-        self.port = _free_port()
-        self.app = create_app(pipe, ServerConfig(model_name="tiny", **cfg))
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline, "server did not start"
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def stop(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+_Server = ThreadedServer
 
 
 @pytest.fixture(scope="module")

@@ -82,11 +82,14 @@ class ImageEncoder:
                                  "per request (--limit-mm-per-prompt)")
         budget = [policy.max_total_pixels]
         out = []
-        for i, ref in enumerate(refs):
+        seen = {"image": 0, "video": 0}
+        for ref in refs:
+            n = seen.get(ref.kind, 0)
+            seen[ref.kind] = n + 1
             try:
                 out.append(self._media_pool().submit(self._one, ref, policy, budget).result())
             except ImageLoadError as exc:
-                raise ImageLoadError(f"image {i}: {exc}") from exc
+                raise type(exc)(f"{ref.kind} {n}: {exc}") from exc
         return out
 
     def _media_pool(self) -> ThreadPoolExecutor:
@@ -101,6 +104,8 @@ class ImageEncoder:
         from PIL import Image
 
         opts = json.dumps(ref.options, sort_keys=True, default=str)
+        if ref.kind == "video":
+            return self._video(ref, policy, budget, opts)
         key = None
         if isinstance(ref.source, Image.Image):
             img = ref.source
@@ -131,6 +136,42 @@ class ImageEncoder:
                     self._by_source.popitem(last=False)
         return item
 
+    def _video(self, ref: ImageRef, policy: MediaPolicy, budget: list[int | None], opts: str) -> ImageItem:
+        """One video: bytes (within the policy) decoded at the frames the family samples, or the
+        user's frames as given; then the family's ``preprocess_video``."""
+        from vlkit.api.video import VideoLimits, decode_video, frames_video, video_hash
+
+        options = dict(ref.options)
+        key = None
+        if isinstance(ref.source, list):
+            video = frames_video(ref.source, options.get("fps"), self.config.max_video_frame_pixels)
+        else:
+            raw = read_image_bytes(ref.source, policy=policy)
+            if self.config.feature_cache_size:
+                key = "video:" + hashlib.blake2b(raw + b"|" + opts.encode(), digest_size=16).hexdigest()
+                known = self._known(key)
+                if known is not None:
+                    content, num_tokens, meta = known
+                    self.stats["source_hits"] += 1
+                    return ImageItem(num_tokens, {}, options, content, dict(meta), source=raw, kind="video")
+            limits = VideoLimits(self.config.max_video_seconds, self.config.max_video_frames,
+                                 self.config.max_video_frame_pixels)
+            video = decode_video(raw, ref.source, lambda meta: self.vision.sample_video_frames(meta, options), limits)
+            del raw
+        for frame in video.frames:
+            _spend(budget, frame.size)
+        with self._preprocess_lock:
+            item = self.vision.preprocess_video(video, dict(options))
+        self.stats["preprocessed"] += 1
+        item.kind = "video"
+        item.hash = hashlib.blake2b(f"{video_hash(video)}|{opts}".encode(), digest_size=16).hexdigest()
+        if key is not None:
+            with self._lock:
+                self._by_source[key] = (item.hash, item.num_tokens, dict(item.meta))
+                while len(self._by_source) > self.config.feature_cache_size:
+                    self._by_source.popitem(last=False)
+        return item
+
     def _known(self, key: str) -> tuple[str, int, dict[str, Any]] | None:
         """What preprocessing said about these source bytes, while their embeddings are cached."""
         with self._lock:
@@ -142,6 +183,11 @@ class ImageEncoder:
 
     def _reprocess(self, item: ImageItem) -> ImageItem:
         """An item that came from the source cache, whose embeddings have since left the cache."""
+        if item.kind == "video":
+            full = self._video(ImageRef(item.source, dict(item.options), kind="video"), MediaPolicy.trusted(),
+                               [None], json.dumps(item.options, sort_keys=True, default=str))
+            full.hash = item.hash
+            return full
         img = decode_image_bytes(item.source, max_pixels=self.config.max_image_pixels)
         with self._preprocess_lock:
             (full,) = self.vision.preprocess([img], [dict(item.options)])

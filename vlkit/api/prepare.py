@@ -49,6 +49,10 @@ class Preparer:
         conv = to_conversation(prompt, where)
         if conv.num_images and self.image_encoder is None:
             raise MessageError(f"{where}: {self.model_path} is a text-only model; it takes no images")
+        if conv.num_videos and getattr(self.vision, "video_input", None) is None:
+            family = getattr(getattr(self.vision, "family", None), "name", None) or type(self.vision).__name__
+            raise MessageError(f"{where}: the {family!r} family takes no video input; give its frames as images, "
+                               "or use a family that takes video (qwen2-vl, qwen2.5-vl, internvl)")
         return conv
 
     def prepare(self, prompts: list[Any], policy: MediaPolicy | None = None) -> list[Request | BaseException]:

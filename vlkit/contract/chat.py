@@ -193,6 +193,12 @@ class ChatTemplateWrapper:
             image the user placed inside the text (with ``IMAGE_TOKEN``) becomes
             :attr:`image_marker` within that text, so the template keeps it where it was;
             images not placed stay separate ``{"type": "image"}`` parts.
+        video_marker / video_token: what the template emits for one video and the token whose
+            positions receive its embeddings (Qwen2-VL: ``<|vision_start|><|video_pad|>
+            <|vision_end|>`` / ``<|video_pad|>``); :meth:`video_text` expands it. Without a
+            ``video_marker`` (a family that takes video as frames) a video reaches the template
+            as an ``{"type": "image"}`` part, and :meth:`image_text` gets its item's ``meta``
+            (with ``kind: "video"`` in it) to write the frames.
     """
 
     image_marker: str = "<image>"
@@ -201,6 +207,8 @@ class ChatTemplateWrapper:
     stop_words: tuple[str, ...] = ()
     tokenize_between_images: bool = False
     inline_placed_images: bool = False
+    video_marker: str | None = None
+    video_token: str | None = None
 
     def __init__(
         self,
@@ -284,6 +292,10 @@ class ChatTemplateWrapper:
     def template_messages(self, conv: Conversation) -> list[dict[str, Any]]:
         """HF-form messages, with ``ChatTemplateConfig.system`` prepended when set."""
         msgs = conv.to_template()
+        if conv.num_videos and not self.video_marker:  # videos as frames: the template writes an image
+            msgs = [{**m, "content": [{**p, "type": "image", "video": True} if p.get("type") == "video" else p
+                                      for p in m["content"]]} if isinstance(m.get("content"), list) else m
+                    for m in msgs]
         if self.config.system is not None and not (msgs and msgs[0]["role"] == "system"):
             msgs = [{"role": "system", "content": [{"type": "text", "text": self.config.system}]}] + msgs
         if self.inline_placed_images:
@@ -299,6 +311,7 @@ class ChatTemplateWrapper:
             "unk_token": getattr(tok, "unk_token", None) or "",
             "IMAGE_TOKEN": IMAGE_TOKEN,
             "image_marker": self.image_marker,
+            **({"video_marker": self.video_marker} if self.video_marker else {}),
         }
 
     def render(self, conv: Conversation, add_generation_prompt: bool = True) -> str:
@@ -309,27 +322,65 @@ class ChatTemplateWrapper:
             add_generation_prompt=add_generation_prompt,
             **self.template_variables(),
         )
+        kinds = self.marker_kinds(conv)
         n = text.count(self.image_marker) if conv.num_images else 0
-        if n != conv.num_images:
+        if n != kinds.count("image"):
             raise TemplateError(
                 f"template {self.template_name!r} placed {n} image marker(s) {self.image_marker!r} "
-                f"for {conv.num_images} image(s)"
+                f"for {kinds.count('image')} image(s)"
+            )
+        if self.video_marker and text.count(self.video_marker) != kinds.count("video"):
+            raise TemplateError(
+                f"template {self.template_name!r} placed {text.count(self.video_marker)} video marker(s) "
+                f"{self.video_marker!r} for {kinds.count('video')} video(s)"
             )
         return text
+
+    def marker_kinds(self, conv: Conversation) -> list[str]:
+        """For each image and video of ``conv``, in order, the marker the template writes for it:
+        ``"video"`` for a video where the family has a :attr:`video_marker`, else ``"image"``."""
+        return ["video" if r.kind == "video" and self.video_marker else "image" for r in conv.images]
+
+    def video_text(self, index: int, num_tokens: int, meta: dict[str, Any]) -> str:
+        """What the ``index``-th video's marker becomes: ``num_tokens`` video tokens by default."""
+        return (self.video_token or self.video_marker or "") * num_tokens
 
     def image_text(self, index: int, num_tokens: int, meta: dict[str, Any]) -> str:
         """What the ``index``-th image marker becomes: ``num_tokens`` image tokens by default."""
         return (self.image_token or self.image_marker) * num_tokens
 
-    def expand_images(self, text: str, num_tokens: list[int], metas: list[dict[str, Any]] | None = None) -> str:
+    def expand_images(self, text: str, num_tokens: list[int], metas: list[dict[str, Any]] | None = None,
+                      kinds: list[str] | None = None) -> str:
+        """Each marker replaced by its item's text (:meth:`image_text` / :meth:`video_text`).
+        ``kinds``: each item's marker (:meth:`marker_kinds`); the n-th image marker is the n-th
+        image item, the n-th video marker the n-th video item."""
         metas = metas or [{} for _ in num_tokens]
-        pieces = text.split(self.image_marker)
-        if len(pieces) - 1 != len(num_tokens):
-            raise TemplateError(f"prompt has {len(pieces) - 1} image markers for {len(num_tokens)} images")
-        out = [pieces[0]]
-        for i, n in enumerate(num_tokens):
-            out.append(self.image_text(i, n, metas[i]))
-            out.append(pieces[i + 1])
+        if not kinds or "video" not in kinds:
+            pieces = text.split(self.image_marker)
+            if len(pieces) - 1 != len(num_tokens):
+                raise TemplateError(f"prompt has {len(pieces) - 1} image markers for {len(num_tokens)} images")
+            out = [pieces[0]]
+            for i, n in enumerate(num_tokens):
+                out.append(self.image_text(i, n, metas[i]))
+                out.append(pieces[i + 1])
+            return "".join(out)
+        import re
+
+        pieces = re.split("(" + re.escape(self.image_marker) + "|" + re.escape(str(self.video_marker)) + ")", text)
+        queues = {k: [i for i, kk in enumerate(kinds) if kk == k] for k in ("image", "video")}
+        out = []
+        for j, piece in enumerate(pieces):
+            if j % 2 == 0:
+                out.append(piece)
+                continue
+            kind = "image" if piece == self.image_marker else "video"
+            if not queues[kind]:
+                raise TemplateError(f"prompt has more {kind} markers than {kind}s")
+            i = queues[kind].pop(0)
+            text_of = self.image_text if kind == "image" else self.video_text
+            out.append(text_of(i, num_tokens[i], metas[i]))
+        if queues["image"] or queues["video"]:
+            raise TemplateError(f"prompt has too few markers for its {len(kinds)} images and videos")
         return "".join(out)
 
     def add_special_tokens(self, prompt: str) -> bool:
@@ -339,6 +390,14 @@ class ChatTemplateWrapper:
 
     def tokenize(self, prompt: str) -> list[int]:
         return list(self.tokenizer.encode(prompt, add_special_tokens=self.add_special_tokens(prompt)))
+
+    @property
+    def video_token_id(self) -> int:
+        tok = self.video_token or self.video_marker
+        tid = self.tokenizer.convert_tokens_to_ids([tok])[0] if tok else None
+        if tid is None or tid < 0 or tid == getattr(self.tokenizer, "unk_token_id", None):
+            raise TemplateError(f"the tokenizer has no token {tok!r} for videos")
+        return int(tid)
 
     @property
     def image_token_id(self) -> int:
@@ -360,10 +419,11 @@ class ChatTemplateWrapper:
         text = self.render(conv, add_generation_prompt)
         if self.tokenize_between_images:
             return self._encode_between_images(text, num_image_tokens, metas)
+        kinds = self.marker_kinds(conv) if conv.num_videos else None
         if num_image_tokens:
-            text = self.expand_images(text, num_image_tokens, metas)
+            text = self.expand_images(text, num_image_tokens, metas, kinds)
         ids = self.tokenize(text)
-        spans = self.image_spans(ids, num_image_tokens) if num_image_tokens else []
+        spans = self.image_spans(ids, num_image_tokens, kinds) if num_image_tokens else []
         return PromptInputs(text, ids, spans)
 
     def _encode_between_images(self, text: str, num_image_tokens: list[int],
@@ -386,24 +446,30 @@ class ChatTemplateWrapper:
         prompt = self.expand_images(text, num_image_tokens, metas) if num_image_tokens else text
         return PromptInputs(prompt, ids, ranges)
 
-    def image_spans(self, input_ids: list[int], num_image_tokens: list[int]) -> list[list[Span]]:
+    def image_spans(self, input_ids: list[int], num_image_tokens: list[int],
+                    kinds: list[str] | None = None) -> list[list[Span]]:
         """Hand the positions of :attr:`image_token_id` out in order, ``num_image_tokens[i]`` to
-        image ``i``, each image's as its contiguous spans."""
-        tid = self.image_token_id
-        positions = [i for i, t in enumerate(input_ids) if t == tid]
-        if len(positions) != sum(num_image_tokens):
-            raise TemplateError(
-                f"prompt has {len(positions)} image tokens, the images need {sum(num_image_tokens)}"
-            )
-        out: list[list[Span]] = []
-        k = 0
-        for n in num_image_tokens:
-            spans: list[Span] = []
-            for p in positions[k:k + n]:
-                if spans and spans[-1][1] == p:
-                    spans[-1] = (spans[-1][0], p + 1)
-                else:
-                    spans.append((p, p + 1))
-            out.append(spans)
-            k += n
+        image ``i``, each image's as its contiguous spans; with ``kinds`` (:meth:`marker_kinds`),
+        the positions of :attr:`video_token_id` likewise to the videos."""
+        kinds = kinds or ["image"] * len(num_image_tokens)
+        out: list[list[Span]] = [[] for _ in num_image_tokens]
+        for kind in ("image", "video"):
+            mine = [i for i, k in enumerate(kinds) if k == kind]
+            if not mine:
+                continue
+            tid = self.image_token_id if kind == "image" else self.video_token_id
+            positions = [i for i, t in enumerate(input_ids) if t == tid]
+            need = sum(num_image_tokens[i] for i in mine)
+            if len(positions) != need:
+                raise TemplateError(f"prompt has {len(positions)} {kind} tokens, the {kind}s need {need}")
+            k = 0
+            for i in mine:
+                spans: list[Span] = []
+                for p in positions[k:k + num_image_tokens[i]]:
+                    if spans and spans[-1][1] == p:
+                        spans[-1] = (spans[-1][0], p + 1)
+                    else:
+                        spans.append((p, p + 1))
+                out[i] = spans
+                k += num_image_tokens[i]
         return out

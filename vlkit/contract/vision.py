@@ -10,11 +10,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from vlkit.api.video import Video, VideoMetadata
     from vlkit.contract.family import ModelFamily
 
 
@@ -34,6 +35,7 @@ class ImageItem:
         source: set by the core (never by a plugin) on an item it did not preprocess because
             the same image bytes were seen before and their embeddings are cached; ``data`` is
             then empty, and ``source`` is what to preprocess should the cache have let them go.
+        kind: ``"image"`` or ``"video"`` (set by the core).
     """
 
     num_tokens: int
@@ -43,6 +45,7 @@ class ImageItem:
     meta: dict[str, Any] = field(default_factory=dict)
     source: Any = None
     num_tiles: int = 1
+    kind: str = "image"
 
 
 class VisionModel(ABC):
@@ -50,6 +53,13 @@ class VisionModel(ABC):
 
     Subclasses implement :meth:`build_preprocessor`, :meth:`build_model`, :meth:`preprocess`
     and :meth:`forward`; :meth:`mrope_positions` only for families with 3-D rotary positions.
+
+    Video: a family that takes video sets :attr:`video_input` (``"native"``: the model has its
+    own video path, as Qwen2-VL's temporal patches; ``"frames"``: the video is a sequence of
+    frames, as InternVL's) and implements :meth:`sample_video_frames` and
+    :meth:`preprocess_video`; the item it returns goes through :meth:`forward` like an image's.
+    With ``video_input = None`` (the default) a video part is refused with a ``MessageError``
+    naming the family, before anything is fetched.
 
     Threads: the core creates it on the pipeline's creating thread (the ``vlkit_vision_model``
     hook) and calls ``build_preprocessor``, ``build_model`` and ``forward`` on the pipeline's
@@ -63,6 +73,9 @@ class VisionModel(ABC):
         model_path: local checkpoint directory.
         tokenizer: the checkpoint's tokenizer (for families whose image inputs hold token ids).
     """
+
+    #: how the family takes video: ``"native"``, ``"frames"`` or ``None`` (not at all)
+    video_input: ClassVar[str | None] = None
 
     def __init__(self, family: ModelFamily, hf_config: dict[str, Any], model_path: Path, tokenizer: Any = None) -> None:
         self.family = family
@@ -107,6 +120,22 @@ class VisionModel(ABC):
 
         :return: one ``[item.num_tokens, lm_hidden_size]`` tensor per item, in order.
         """
+
+    def sample_video_frames(self, metadata: VideoMetadata, options: dict[str, Any]) -> list[int]:
+        """Which frames of a video file to decode: indices into its ``metadata.total_frames``,
+        following the family's reference sampling and the part's ``options`` (``fps``,
+        ``num_frames``...). Runs on a media thread, before any frame is decoded.
+
+        :raises ValueError: for options the family does not accept, naming them.
+        """
+        raise NotImplementedError(f"{type(self).__name__} sets video_input but not sample_video_frames")
+
+    def preprocess_video(self, video: Video, options: dict[str, Any]) -> ImageItem:
+        """Turn a video's frames (:class:`~vlkit.api.video.Video`: upright RGB frames, their
+        source indices and rate) into one :class:`ImageItem`, as :meth:`preprocess` does for an
+        image; ``meta`` should say it is a video where the chat template writes videos
+        differently. Same thread rules as :meth:`preprocess`."""
+        raise NotImplementedError(f"{type(self).__name__} sets video_input but not preprocess_video")
 
     def mrope_positions(self, input_ids: list[int], items: list[ImageItem]) -> tuple[Any, int] | None:
         """3-D rotary positions ``([3, len(input_ids)] LongTensor, decode_delta)``, or ``None``.

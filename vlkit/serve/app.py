@@ -312,7 +312,7 @@ def _param_of(exc: BaseException) -> str | None:
     for prefix in ("messages", "prompt"):
         if msg.startswith(prefix):
             return msg.split(":", 1)[0]
-    if msg.startswith("image "):
+    if msg.startswith(("image ", "video ")):
         return "messages"
     return None
 

@@ -44,6 +44,7 @@ class ContentPart(_Strict):
     type: str
     text: str | None = None
     image_url: ImageURL | str | None = None
+    video_url: ImageURL | str | None = None  # vLLM's video part: {"url": ..., "fps"/"num_frames"...}
 
 
 class ChatMessage(_Strict):

@@ -47,6 +47,18 @@ def mpt_prompt(template: str, turns: list[tuple[str, str | None]], system: str |
     return ret
 
 
+def get_index(bound, fps, max_frame, first_idx=0, num_segments=32):
+    """The original video example's frame choice (``load_video``), transcribed."""
+    if bound:
+        start, end = bound[0], bound[1]
+    else:
+        start, end = -100000, 100000
+    start_idx = max(first_idx, round(start * fps))
+    end_idx = min(round(end * fps), max_frame)
+    seg_size = float(end_idx - start_idx) / num_segments
+    return [int(start_idx + (seg_size / 2) + round(seg_size * idx)) for idx in range(num_segments)]
+
+
 # -- the original preprocessing, transcribed ------------------------------------------------------
 def find_closest_aspect_ratio(aspect_ratio, target_ratios, width, height, image_size):
     best_ratio_diff = float("inf")

@@ -105,13 +105,14 @@ def test_adjacent_images_share_one_span(toks):
 
 
 def test_video_frames(toks):
-    from vlkit_plugin_internvl.video import video_messages
-
+    """A video item (meta kind "video") is written as the original video chat's frame lines."""
     w = wrapper(toks["qwen2"], "internvl2_5")
-    conv = to_conversation(video_messages([IMG] * 3, "What happens?"))
-    assert [r.options for r in conv.images] == [{"max_dynamic_patch": 1}] * 3
-    enc = w.encode(conv, [4, 4, 4])
+    conv = to_conversation([{"role": "user", "content": [{"type": "video", "video": [IMG] * 3},
+                                                         {"type": "text", "text": "What happens?"}]}])
+    assert [r.kind for r in conv.images] == ["video"]
+    enc = w.encode(conv, [12], [{"kind": "video", "frame_tokens": [4, 4, 4]}])
     assert f"Frame1: {span(4)}\nFrame2: {span(4)}\nFrame3: {span(4)}\nWhat happens?<|im_end|>\n" in enc.prompt
+    assert len(enc.image_spans[0]) == 3 and sum(e - s for s, e in enc.image_spans[0]) == 12
 
 
 def test_system_prompts(toks):

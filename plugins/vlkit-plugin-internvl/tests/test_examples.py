@@ -159,9 +159,30 @@ def test_video_frames(pipe, reference):
     assert out.generate_token_len >= 1
 
 
-def test_video_file_with_extra(pipe, reference, tmp_path):
+def test_video_part_equals_the_original_frame_layout(pipe, reference):
+    """{"type": "video", "video": frames} is the original video chat: Frame{i}: <image> lines,
+    one tile per frame; same prompt ids and tokens as the frames written out by hand."""
+    imgs = make_frames()
+    messages = [{"role": "user", "content": [{"type": "video", "video": imgs},
+                                             {"type": "text", "text": "What is the red panda doing?"}]}]
+    by_hand = video_dialogue(pipe, reference, imgs)  # the original layout, checked against chat()
+    assert by_hand.generate_token_len >= 1
+    out = pipe(messages, gen_config=gen())
+    ref = check(out, reference, _original_layout(imgs, "What is the red panda doing?"), 1)
+    prepared = pipe.prepare_inputs(messages)
+    assert list(prepared["input_ids"]) == ref.prompt_ids and "Frame8: <img>" in prepared["prompt"]
+
+
+def _original_layout(imgs, question):
+    text = "".join(f"Frame{i + 1}: {IMAGE_TOKEN}\n" for i in range(len(imgs))) + question
+    return [dict(role="user", content=[{"type": "text", "text": text},
+                                       *({"type": "image", "image": im, "max_dynamic_patch": 1} for im in imgs)])]
+
+
+def test_video_file_sampled_as_load_video(pipe, reference, tmp_path):
+    """A video file: 8 segments' middle frames (the original get_index), in order."""
     av = pytest.importorskip("av")
-    from vlkit_plugin_internvl.video import load_video_frames
+    from internvl_reference import get_index
 
     path = tmp_path / "red-panda.mp4"
     with av.open(str(path), "w") as container:
@@ -172,12 +193,15 @@ def test_video_file_with_extra(pipe, reference, tmp_path):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    imgs = load_video_frames(path, num_segments=4)
-    assert len(imgs) == 4 and all(im.size == (64, 48) for im in imgs)
-    # the red square moves right: frames come in order
+    with av.open(str(path)) as c:
+        decoded = [f.to_image().convert("RGB") for f in c.decode(c.streams.video[0])]
+    imgs = [decoded[i] for i in get_index(None, 10.0, len(decoded) - 1, num_segments=4)]
     xs = [int(np.argmax(np.asarray(im)[18, :, 0] > 120)) for im in imgs]
-    assert xs == sorted(xs) and xs[0] < xs[-1]
-    video_dialogue(pipe, reference, imgs)
+    assert xs == sorted(xs) and xs[0] < xs[-1]  # the red square moves right: frames come in order
+    messages = [{"role": "user", "content": [{"type": "video", "video": str(path), "num_segments": 4},
+                                             {"type": "text", "text": "What is the red panda doing?"}]}]
+    ref = check(pipe(messages, gen_config=gen()), reference, _original_layout(imgs, "What is the red panda doing?"), 1)
+    assert list(pipe.prepare_inputs(messages)["input_ids"]) == ref.prompt_ids
 
 
 def test_chat_session(pipe, reference, image_files):

@@ -40,28 +40,3 @@ def test_original_checkpoint_looks_released(ckpts):
 
     tok = AutoTokenizer.from_pretrained(str(ckpts["qwen2"]))
     assert tok.convert_tokens_to_ids("<|im_end|>") in gen["eos_token_id"]
-
-
-def test_video_helper_without_extra(monkeypatch):
-    import builtins
-
-    import pytest
-    from vlkit_plugin_internvl import video
-
-    real = builtins.__import__
-
-    def no_av(name, *a, **k):
-        if name == "av":
-            raise ImportError("No module named 'av'")
-        return real(name, *a, **k)
-
-    monkeypatch.setattr(builtins, "__import__", no_av)
-    with pytest.raises(video.VideoSupportMissing, match=r"vlkit-plugin-internvl\[video\]"):
-        video.load_video_frames("x.mp4")
-
-
-def test_frame_indices_as_the_guide():
-    from vlkit_plugin_internvl.video import frame_indices
-
-    assert frame_indices(100, 25.0, 4) == [12, 37, 62, 86]  # seg 24.75: int(12.375 + round(24.75 * i))
-    assert frame_indices(100, 10.0, 2, bound=(2.0, 6.0)) == [30, 50]

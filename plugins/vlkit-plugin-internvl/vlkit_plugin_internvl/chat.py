@@ -48,17 +48,32 @@ class InternVLChatTemplate(ChatTemplateWrapper):
             variables["default_system"] = system
         return variables
 
-    def expand_images(self, text: str, num_tokens: list[int], metas: list[dict[str, Any]] | None = None) -> str:
+    def expand_images(self, text: str, num_tokens: list[int], metas: list[dict[str, Any]] | None = None,
+                      kinds: list[str] | None = None) -> str:
+        """``<img>…</img>`` per image (images written next to each other share one span, as
+        lmdeploy joins them); a video (``meta["kind"] == "video"``) becomes the original video
+        chat's ``Frame1: <img>…</img>\nFrame2: …`` lines, one span per frame."""
+        metas = metas or [{} for _ in num_tokens]
         pieces = text.split(self.image_marker)
         if len(pieces) - 1 != len(num_tokens):
             raise TemplateError(f"prompt has {len(pieces) - 1} image markers for {len(num_tokens)} images")
+        video = [m.get("kind") == "video" for m in metas]
         out = [pieces[0]]
         for i, n in enumerate(num_tokens):
-            joined_before = i > 0 and pieces[i] == ""
-            joined_after = i + 1 < len(num_tokens) and pieces[i + 1] == ""
-            out.append(("" if joined_before else IMG_START) + self.image_token * n + ("" if joined_after else IMG_END))
+            if video[i]:
+                out.append(frames_text(metas[i]["frame_tokens"], self.image_token))
+            else:
+                joined_before = i > 0 and pieces[i] == "" and not video[i - 1]
+                joined_after = i + 1 < len(num_tokens) and pieces[i + 1] == "" and not video[i + 1]
+                out.append(("" if joined_before else IMG_START) + self.image_token * n + ("" if joined_after else IMG_END))
             out.append(pieces[i + 1])
         return "".join(out)
+
+
+def frames_text(frame_tokens: list[int], context: str = IMG_CONTEXT) -> str:
+    """``Frame1: <img>…</img>\nFrame2: <img>…</img>\n…FrameN: <img>…</img>`` (the template's
+    newline after the marker ends the last line)."""
+    return "\n".join(f"Frame{j + 1}: {IMG_START}{context * n}{IMG_END}" for j, n in enumerate(frame_tokens))
 
 
 class InternVLHFChatTemplate(ChatTemplateWrapper):
@@ -68,4 +83,6 @@ class InternVLHFChatTemplate(ChatTemplateWrapper):
     stop_words = ("<|im_end|>",)
 
     def image_text(self, index: int, num_tokens: int, meta: dict[str, Any]) -> str:
+        if meta.get("kind") == "video":  # InternVLProcessor's video prompt: one line per frame
+            return frames_text(meta["frame_tokens"])
         return IMG_START + IMG_CONTEXT * num_tokens + IMG_END

@@ -40,8 +40,15 @@ def _int_option(opts: dict[str, Any], key: str, index: int) -> int | None:
     return v
 
 
+VIDEO_OPTIONS = ("num_segments", "num_frames", "bound", "max_dynamic_patch", "fps")
+DEFAULT_SEGMENTS = 8
+
+
 class InternVLVisionModel(VisionModel):
-    """InternViT + pixel shuffle + ``mlp1``; one ``[tiles * tokens_per_tile, lm_hidden]`` per image."""
+    """InternViT + pixel shuffle + ``mlp1``; one ``[tiles * tokens_per_tile, lm_hidden]`` per image
+    (per video: its frames' tiles, in order)."""
+
+    video_input = "frames"
 
     def __init__(self, family: Any, hf_config: dict[str, Any], model_path: Path, tokenizer: Any = None) -> None:
         super().__init__(family, hf_config, model_path, tokenizer)
@@ -132,6 +139,47 @@ class InternVLVisionModel(VisionModel):
                       "tokens_per_tile": lay.tokens_per_tile},
             ))
         return items
+
+    # -- video (as frames) ----------------------------------------------------------------------
+    def _video_options(self, opts: dict[str, Any]) -> tuple[int, tuple[float, float] | None, int]:
+        unknown = sorted(set(opts) - set(VIDEO_OPTIONS))
+        if unknown:
+            raise ValueError(f"unknown InternVL video option(s) {unknown}; accepted: {list(VIDEO_OPTIONS)}")
+        segs = _int_option(opts, "num_segments", 0) or _int_option(opts, "num_frames", 0) or DEFAULT_SEGMENTS
+        bound = opts.get("bound")
+        if bound is not None:
+            if (not isinstance(bound, (list, tuple)) or len(bound) != 2
+                    or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bound)):
+                raise ValueError(f"video option bound must be [start, end] in seconds, got {bound!r}")
+            bound = (float(bound[0]), float(bound[1]))
+        tiles = _int_option(opts, "max_dynamic_patch", 0) or 1
+        return segs, bound, tiles
+
+    def sample_video_frames(self, metadata: Any, options: dict[str, Any]) -> list[int]:
+        """InternVL's ``load_video``: the middle frame of each of ``num_segments`` (default 8)
+        equal segments of the clip (``bound``: ``[start, end]`` seconds)."""
+        from vlkit_plugin_internvl.video import frame_indices
+
+        segs, bound, _ = self._video_options(options)
+        return frame_indices(int(metadata.total_frames), float(metadata.fps or 1.0), segs, bound)
+
+    def preprocess_video(self, video: Any, options: dict[str, Any]) -> ImageItem:
+        """Each frame as an image of ``max_dynamic_patch`` tiles (1: one 448 px tile, as the
+        original video chat), the frames' tiles in one item; the chat template writes
+        ``Frame{i}: <img>…</img>`` per frame."""
+        import torch
+
+        _, _, tiles = self._video_options(options)
+        frames = self.preprocess(list(video.frames), [{"max_dynamic_patch": tiles}] * len(video.frames))
+        per_frame = [it.num_tokens for it in frames]
+        return ImageItem(
+            num_tokens=sum(per_frame),
+            data={"pixel_values": torch.cat([it.data["pixel_values"] for it in frames])},
+            options=dict(options),
+            meta={"kind": "video", "frames": len(frames), "frame_tokens": per_frame,
+                  "tiles": sum(it.meta["tiles"] for it in frames), "tokens_per_tile": self.layout.tokens_per_tile},
+            num_tiles=sum(it.meta["tiles"] for it in frames),
+        )
 
     def _hf_pixels(self, image: Any, lo: int, hi: int) -> Any:
         import torch

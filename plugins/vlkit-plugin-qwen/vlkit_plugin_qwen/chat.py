@@ -3,7 +3,8 @@
 The checkpoint's own chat template (ChatML, ``You are a helpful assistant.`` as the default
 system prompt) writes ``<|vision_start|><|image_pad|><|vision_end|>`` for each image part; each
 becomes ``<|vision_start|>`` + ``<|image_pad|>`` × n + ``<|vision_end|>``, n = t·h·w / merge²
-of the image's patch grid, as ``Qwen2VLProcessor`` expands it. Replies end on ``<|im_end|>``.
+of the image's patch grid, as ``Qwen2VLProcessor`` expands it; videos the same with
+``<|video_pad|>``. Replies end on ``<|im_end|>``.
 """
 
 from __future__ import annotations
@@ -15,15 +16,24 @@ from vlkit.plugin import ChatTemplateWrapper
 VISION_START = "<|vision_start|>"
 VISION_END = "<|vision_end|>"
 IMAGE_PAD = "<|image_pad|>"
+VIDEO_PAD = "<|video_pad|>"
 
 
 class Qwen2VLChatTemplate(ChatTemplateWrapper):
+    """Images as above; each video part is ``<|vision_start|><|video_pad|><|vision_end|>`` in the
+    template, expanded to ``<|video_pad|>`` × t·h·w / merge² of its temporal-patch grid."""
+
     image_marker = VISION_START + IMAGE_PAD + VISION_END
     image_token = IMAGE_PAD
+    video_marker = VISION_START + VIDEO_PAD + VISION_END
+    video_token = VIDEO_PAD
     stop_words = ("<|im_end|>",)
 
     def image_text(self, index: int, num_tokens: int, meta: dict[str, Any]) -> str:
         return VISION_START + IMAGE_PAD * num_tokens + VISION_END
+
+    def video_text(self, index: int, num_tokens: int, meta: dict[str, Any]) -> str:
+        return VISION_START + VIDEO_PAD * num_tokens + VISION_END
 
 
 class QwenVLChatTemplate(ChatTemplateWrapper):

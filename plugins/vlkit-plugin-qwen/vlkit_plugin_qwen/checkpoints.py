@@ -6,7 +6,7 @@ embed 32, 2 heads, patch 14, merge 2, temporal patch 2; Qwen2 text model hidden 
 M-RoPE sections ``[2, 3, 3]``) and write what the hub repositories carry: ``config.json`` +
 ``model.safetensors`` from ``save_pretrained`` (``model.*``, ``visual.*``, ``lm_head.*``),
 ``preprocessor_config.json`` (``Qwen2VLImageProcessor`` with small ``min_pixels`` /
-``max_pixels``), ``generation_config.json`` (stop on ``<|im_end|>`` and ``<|endoftext|>``), a
+``max_pixels``), ``video_preprocessor_config.json`` (the same pixel range for video frames), ``generation_config.json`` (stop on ``<|im_end|>`` and ``<|endoftext|>``), a
 ChatML tokenizer with Qwen's special tokens and the checkpoints' chat template.
 """
 
@@ -81,6 +81,13 @@ def _finish(directory: Path, model: Any, tok: Any, min_pixels: int, max_pixels: 
         "merge_size": 2, "image_mean": CLIP_MEAN, "image_std": CLIP_STD,
         "do_resize": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
         "do_convert_rgb": True, "resample": 3,
+    }, indent=2))
+    (directory / "video_preprocessor_config.json").write_text(json.dumps({
+        "video_processor_type": "Qwen2VLVideoProcessor", "processor_class": "Qwen2VLProcessor",
+        "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels}, "patch_size": 14,
+        "temporal_patch_size": 2, "merge_size": 2, "min_frames": 4, "max_frames": 768, "fps": 2.0,
+        "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_resize": True, "do_rescale": True,
+        "rescale_factor": 1 / 255, "do_normalize": True, "do_convert_rgb": True, "resample": 3,
     }, indent=2))
     return directory
 
