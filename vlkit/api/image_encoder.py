@@ -129,11 +129,7 @@ class ImageEncoder:
             (item,) = self.vision.preprocess([img], [dict(ref.options)])
         self.stats["preprocessed"] += 1
         item.hash = hashlib.blake2b(f"{image_hash(img)}|{opts}".encode(), digest_size=16).hexdigest()
-        if key is not None:
-            with self._lock:
-                self._by_source[key] = (item.hash, item.num_tokens, dict(item.meta))
-                while len(self._by_source) > self.config.feature_cache_size:
-                    self._by_source.popitem(last=False)
+        self._remember(key, item)
         return item
 
     def _video(self, ref: ImageRef, policy: MediaPolicy, budget: list[int | None], opts: str) -> ImageItem:
@@ -165,12 +161,17 @@ class ImageEncoder:
         self.stats["preprocessed"] += 1
         item.kind = "video"
         item.hash = hashlib.blake2b(f"{video_hash(video)}|{opts}".encode(), digest_size=16).hexdigest()
-        if key is not None:
-            with self._lock:
-                self._by_source[key] = (item.hash, item.num_tokens, dict(item.meta))
-                while len(self._by_source) > self.config.feature_cache_size:
-                    self._by_source.popitem(last=False)
+        self._remember(key, item)
         return item
+
+    def _remember(self, key: str | None, item: ImageItem) -> None:
+        """What preprocessing said about the source bytes behind ``key`` (LRU)."""
+        if key is None:
+            return
+        with self._lock:
+            self._by_source[key] = (item.hash, item.num_tokens, dict(item.meta))
+            while len(self._by_source) > self.config.feature_cache_size:
+                self._by_source.popitem(last=False)
 
     def _known(self, key: str) -> tuple[str, int, dict[str, Any]] | None:
         """What preprocessing said about these source bytes, while their embeddings are cached."""

@@ -201,6 +201,16 @@ def from_tuple(prompt: Any, images: Any, where: str = "prompt") -> Conversation:
     return Conversation([Message("user", parts)], refs)
 
 
+def _url_part(part: dict[str, Any], kind: str, where: str) -> tuple[str, dict[str, Any]]:
+    """``{"type": kind, kind: {"url": ..., **options}}`` (or ``kind: "url"``) -> ``(url, options)``."""
+    spec = part.get(kind)
+    if isinstance(spec, str):
+        spec = {"url": spec}
+    if not isinstance(spec, dict) or not isinstance(spec.get("url"), str) or not spec["url"]:
+        raise MessageError(f"{where}.{kind}.url: missing or not a string")
+    return spec["url"], {k: v for k, v in spec.items() if k != "url"}
+
+
 def from_openai(messages: list[Any], where: str = "messages") -> Conversation:
     images: list[ImageRef] = []
     out: list[Message] = []
@@ -237,13 +247,9 @@ def from_openai(messages: list[Any], where: str = "messages") -> Conversation:
                         raise MessageError(f"{pw}.text: must be a string")
                     raw.append(("text", text))
                 elif kind == "image_url":
-                    spec = part.get("image_url")
-                    if isinstance(spec, str):
-                        spec = {"url": spec}
-                    if not isinstance(spec, dict) or not isinstance(spec.get("url"), str) or not spec["url"]:
-                        raise MessageError(f"{pw}.image_url.url: missing or not a string")
-                    opts = {k: v for k, v in spec.items() if k not in ("url", "detail")}
-                    msg_images.append(ImageRef(spec["url"], opts))
+                    url, opts = _url_part(part, kind, pw)
+                    opts.pop("detail", None)
+                    msg_images.append(ImageRef(url, opts))
                     raw.append(("image", None))
                 elif kind == "image":
                     img = part.get("image", part.get("url"))
@@ -253,13 +259,8 @@ def from_openai(messages: list[Any], where: str = "messages") -> Conversation:
                     msg_images.append(ImageRef(img, opts))
                     raw.append(("image", None))
                 elif kind == "video_url":
-                    spec = part.get("video_url")
-                    if isinstance(spec, str):
-                        spec = {"url": spec}
-                    if not isinstance(spec, dict) or not isinstance(spec.get("url"), str) or not spec["url"]:
-                        raise MessageError(f"{pw}.video_url.url: missing or not a string")
-                    msg_images.append(_video_ref(spec["url"], {k: v for k, v in spec.items() if k != "url"},
-                                                 f"{pw}.video_url"))
+                    url, opts = _url_part(part, kind, pw)
+                    msg_images.append(_video_ref(url, opts, f"{pw}.video_url"))
                     raw.append(("video", None))
                 elif kind == "video":
                     vid = part.get("video", part.get("url"))
