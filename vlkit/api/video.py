@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from vlkit.api.fetch import ImageLoadError
@@ -75,7 +75,6 @@ class Video:
     indices: list[int]
     fps: float | None
     total_frames: int
-    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def sample_fps(self) -> float | None:
