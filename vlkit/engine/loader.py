@@ -107,6 +107,25 @@ def tensor_names(model_path: str | os.PathLike[str]) -> list[str]:
     return names
 
 
+def stored_float_dtypes(model_path: str | os.PathLike[str], select: Callable[[str], bool] = lambda n: True) -> set[str]:
+    """The safetensors dtypes (``"BF16"``, ``"F16"``, ``"F32"``...) of the floating-point tensors
+    ``select`` picks, read from the headers only; empty for ``.bin`` checkpoints."""
+    kind, _, files = weight_index(model_path)
+    out: set[str] = set()
+    if kind != "safetensors":
+        return out
+    from safetensors import safe_open
+
+    for path in files:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            for name in f.keys():
+                if select(name):
+                    dt = f.get_slice(name).get_dtype()
+                    if dt.startswith(("F", "BF")):
+                        out.add(dt)
+    return out
+
+
 def read_tensors(
     model_path: str | os.PathLike[str], select: Callable[[str], str | bool | None]
 ) -> dict[str, torch.Tensor]:

@@ -156,23 +156,27 @@ class ModelRunner:
         self._prev_singles: tuple[list, list[int]] = ([], [])
 
     def _load_quantized(self, method: str, group_size: int):
-        """Load in fp32 (quantization rounds from the checkpoint's own values, not from a bf16
-        copy), quantize the linears and LM head, then cast what stays dense to ``self.dtype``."""
+        """Load in the checkpoint's own precision (quantization rounds from its values, not from
+        a bf16 copy of fp32 weights: fp32 unless every LM tensor is stored in bf16 or fp16, which
+        then halves the peak memory of loading), quantize the linears and LM head, then cast
+        what stays dense to ``self.dtype``."""
+        from vlkit.engine.loader import stored_float_dtypes
         from vlkit.layers.quant import quantize_model
         from vlkit.layers.rotary import RotaryEmbedding
 
-        model = load_backbone(self.spec, self.device, torch.float32)
+        stored = stored_float_dtypes(self.spec.model_path, lambda n: self.spec.rename(n) is not None)
+        load = {"BF16": torch.bfloat16, "F16": torch.float16}.get(next(iter(stored))) if len(stored) == 1 else None
+        model = load_backbone(self.spec, self.device, load or torch.float32)
         compute = torch.bfloat16 if self.device.type == "cpu" else self.dtype  # what the int kernels take
         self.quant_report = quantize_model(model, method, group_size, compute_dtype=compute)
-        if self.dtype != torch.float32:
-            with torch.no_grad():
-                for t in list(model.parameters()) + list(model.buffers()):
-                    if t.is_floating_point() and t.numel():
-                        t.data = t.data.to(self.dtype)
-                for m in model.modules():
-                    if isinstance(m, RotaryEmbedding) and m.dtype != self.dtype:  # tables built at init
-                        m.dtype = self.dtype
-                        m._build(m._cos.shape[0])
+        with torch.no_grad():  # what stays dense, in the loading dtype: to self.dtype
+            for t in list(model.parameters()) + list(model.buffers()):
+                if t.is_floating_point() and t.numel() and t.dtype != self.dtype:
+                    t.data = t.data.to(self.dtype)
+            for m in model.modules():
+                if isinstance(m, RotaryEmbedding) and m.dtype != self.dtype:  # tables built at init
+                    m.dtype = self.dtype
+                    m._build(m._cos.shape[0])
         return model
 
     # -- KV cache -------------------------------------------------------------------------

@@ -23,11 +23,16 @@ Each quantized layer's ``packed_weight`` slot (the one oneDNN prepacking uses) h
 released (kept only where it is shared, e.g. a tied LM head, whose input embedding stays dense).
 
 Kernels: on CPU, ``torch.ops.aten._weight_int8pack_mm`` (int8; needs ``K % 16 == 0``, it returns
-garbage otherwise in torch 2.13) and ``_weight_int4pack_mm_for_cpu`` (int4; needs ``N % 16 == 0``)
-with bf16 activations; both are checked once against the dequantized reference before use.
+garbage otherwise in torch 2.13) and, for int4, vlkit's own kernel (``vlkit/kernels/int4_gemv.cpp``,
+compiled at first use where the CPU has AVX512-BF16: codes in 64-channel blocks, fp32 scales, fp32
+sums; up to ``INT4_VLKIT_MAX_ROWS`` rows it multiplies straight from the codes, above that (prefill)
+it dequantizes the layer to bf16 once and runs one dense GEMM) or else PyTorch's
+``_weight_int4pack_mm_for_cpu`` (needs ``N % 16 == 0``), all with bf16 activations; PyTorch's are
+checked once against the dequantized reference before use. ``VLKIT_INT4_KERNEL=torch`` picks
+PyTorch's int4 kernel where both could run.
 For int8 batches of at least ``INT8_DENSE_MIN_ROWS`` rows (prefill) the codes are converted to
-bf16 on the fly and run through the dense GEMM instead, which is faster there (the int4 kernel's
-packing is CPU-specific and is not unpacked: int4 prefill stays on the kernel).
+bf16 on the fly and run through the dense GEMM instead, which is faster there (PyTorch's int4
+kernel's packing is CPU-specific and is not unpacked: on that kernel int4 prefill stays on it).
 Everywhere else (another device, a build without them, a shape they refuse, or
 ``VLKIT_QUANT_KERNELS=0``) the layer dequantizes and runs ``F.linear``: the same numbers, slower.
 Activations of another dtype than the compute dtype are cast around the matmul.
@@ -51,6 +56,10 @@ MIN_GROUP = 32
 # int8 on the CPU kernel: from this many rows on (prefill), converting the codes to bf16 and
 # running the dense bf16 GEMM is faster than _weight_int8pack_mm (2-3x at 256 rows, W1 shapes)
 INT8_DENSE_MIN_ROWS = int(os.environ.get("VLKIT_QUANT_DENSE_ROWS", "48"))
+# vlkit's int4 kernel: up to this many rows straight from the codes (it is compute-bound from
+# ~8 rows on 2 cores, where a bf16 GEMM on the dequantized layer costs about the same)
+INT4_VLKIT_MAX_ROWS = int(os.environ.get("VLKIT_INT4_MAX_ROWS", "16"))
+VLKIT_BLOCK = 64  # input channels per block of vlkit's int4 packing
 
 
 def check_method(method: str | None) -> None:
@@ -122,6 +131,20 @@ def unpack_nibbles(p: torch.Tensor) -> torch.Tensor:
     return torch.stack((p & 15, p >> 4), dim=-1).reshape(p.shape[0], -1)
 
 
+def pack_blocks(u: torch.Tensor) -> torch.Tensor:
+    """``[N, K]`` codes -> ``[N, K / 2]`` uint8 in vlkit's int4 kernel layout: per block of 64
+    channels, byte ``j`` holds channel ``j`` (low nibble) and ``32 + j`` (high nibble)."""
+    n, k = u.shape
+    b = u.to(torch.uint8).reshape(n, k // VLKIT_BLOCK, 2, VLKIT_BLOCK // 2)
+    return (b[:, :, 0] | (b[:, :, 1] << 4)).reshape(n, k // 2).contiguous()
+
+
+def unpack_blocks(p: torch.Tensor) -> torch.Tensor:
+    n, half = p.shape
+    b = p.reshape(n, half // (VLKIT_BLOCK // 2), 1, VLKIT_BLOCK // 2)
+    return torch.cat((b & 15, b >> 4), dim=2).reshape(n, half * 2)
+
+
 # -- kernels ---------------------------------------------------------------------------------
 def kernels_enabled() -> bool:
     return os.environ.get("VLKIT_QUANT_KERNELS", "1") != "0"
@@ -170,8 +193,9 @@ class QuantizedWeight:
     in_features: int
     compute_dtype: torch.dtype
     group: int | None = None  # int4 only
-    kernel: bool = False  # the CPU kernel runs it; otherwise dequantize + F.linear
+    kernel: bool = False  # a CPU kernel runs it; otherwise dequantize + F.linear
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    impl: str = ""  # which kernel: "torch" (PyTorch's), "vlkit" (int4 only), "" (none: dense fallback)
 
     @property
     def nbytes(self) -> int:
@@ -186,12 +210,15 @@ class QuantizedWeight:
         t = self.tensors
         if self.method == "int8":
             return dequantize_int8(t["q"], t["scale"].float(), torch.float32).to(dtype)
-        if self.kernel:
+        if "scales" in t:  # vlkit's kernel, or no kernel: fp32 scales [N, K / g]
+            u = unpack_blocks(t["codes64"]) if self.impl == "vlkit" else unpack_nibbles(t["nibbles"])
+            sc = t["scales"]
+            z = t["zeros"] if "zeros" in t else torch.zeros_like(sc)
+            return dequantize_int4(u, sc, z, self.group, torch.float32).to(dtype)
+        if "codes" not in t:
             if "codes" not in t:
-                raise RuntimeError("int4 weights packed for the CPU kernel keep no codes: quantize with keep_codes=True")
-            u = t["codes"]
-        else:
-            u = unpack_nibbles(t["nibbles"])
+                raise RuntimeError("int4 weights packed for PyTorch's CPU kernel keep no codes: quantize with keep_codes=True")
+        u = t["codes"]
         sz = t["scales_zeros"].float()  # [K / g, N, 2]
         return dequantize_int4(u, sz[..., 0].t(), sz[..., 1].t(), self.group, torch.float32).to(dtype)
 
@@ -207,6 +234,12 @@ class QuantizedWeight:
                 y = F.linear(x2, t["q"].to(self.compute_dtype)) * t["scale"]
             elif self.method == "int8":
                 y = torch.ops.aten._weight_int8pack_mm(x2, t["q"], t["scale"])
+            elif self.impl == "vlkit":
+                ops = _vlkit_ops()
+                if x2.shape[0] <= INT4_VLKIT_MAX_ROWS:
+                    y = ops.int4_linear(x2, t["codes64"], t["scales"], t.get("zeros"), self.group)
+                else:
+                    y = F.linear(x2, ops.int4_dequantize(t["codes64"], t["scales"], t.get("zeros"), self.group))
             else:
                 y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, t["packed"], self.group, t["scales_zeros"])
             if bias is not None:
@@ -221,13 +254,9 @@ class QuantizedWeight:
         t = self.tensors
         if self.method == "int8":
             return t["q"].to(self.compute_dtype) * t["scale"][:, None]
-        if self.kernel:  # on a device the CPU kernel cannot serve: dequantize its packing's twin
-            raise RuntimeError("int4 kernel-packed weights can only run on the CPU")
-        u = unpack_nibbles(t["nibbles"]).to(self.compute_dtype) - 8
-        sz = t["scales_zeros"]
-        n, k, g = self.out_features, self.in_features, self.group
-        w = u.view(n, k // g, g) * sz[..., 0].t()[..., None] + sz[..., 1].t()[..., None]
-        return w.view(n, k)
+        if self.impl == "torch":  # on a device PyTorch's CPU kernel cannot serve
+            raise RuntimeError("int4 weights packed for PyTorch's CPU kernel can only run on the CPU")
+        return self.dequantize(self.compute_dtype)
 
 
 def quantize_weight(w: torch.Tensor, method: str, group_size: int = 128,
@@ -248,12 +277,46 @@ def quantize_weight(w: torch.Tensor, method: str, group_size: int = 128,
         if use_kernel and not ok:
             raise RuntimeError(f"the int8 CPU kernel cannot run a [{n}, {k}] weight here")
         return QuantizedWeight(method, n, k, compute_dtype, None, kernel,
-                               {"q": q.contiguous(), "scale": scale.to(compute_dtype)})
+                               {"q": q.contiguous(), "scale": scale.to(compute_dtype)}, impl="torch" if kernel else "")
     group = pick_group(k, group_size)
     if group is None:
         return None
     u, scale, zero = quantize_int4(w, group, asym=method == "int4-asym")
-    # the kernel's layout: [K / g, N, 2] (scale, zero) in the activation dtype
+    return int4_weight(u, scale, zero if method == "int4-asym" else None, group, method, compute_dtype,
+                       use_kernel, keep_codes)
+
+
+def _vlkit_ops():
+    from vlkit.kernels import int4_ops
+
+    return int4_ops()
+
+
+def _int4_impl() -> str:
+    return os.environ.get("VLKIT_INT4_KERNEL", "vlkit")
+
+
+def int4_weight(u: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, group: int,
+                method: str = "int4", compute_dtype: torch.dtype = torch.bfloat16,
+                use_kernel: bool | None = None, keep_codes: bool = False) -> QuantizedWeight:
+    """A :class:`QuantizedWeight` from int4 codes ``u`` ``[N, K]`` (0..15) and group-wise
+    ``scale`` / ``zero`` ``[N, K / group]`` (``w = (u - 8) * scale + zero``; ``zero=None`` for
+    symmetric codes), laid out for the fastest kernel that takes it here (module docstring).
+    Round-to-nearest quantization and already-quantized checkpoints (AWQ, GPTQ) both end here."""
+    n, k = u.shape
+    cpu = u.device.type == "cpu"
+    if zero is None:
+        zero = torch.zeros_like(scale)
+        asym = False
+    else:
+        asym = True
+    if (use_kernel is not False and cpu and compute_dtype == torch.bfloat16 and k % VLKIT_BLOCK == 0
+            and group % VLKIT_BLOCK == 0 and _int4_impl() != "torch" and _vlkit_ops() is not None):
+        tensors = {"codes64": pack_blocks(u), "scales": scale.float().contiguous()}
+        if asym:
+            tensors["zeros"] = zero.float().contiguous()
+        return QuantizedWeight(method, n, k, compute_dtype, group, True, tensors, impl="vlkit")
+    # PyTorch's kernel's layout: [K / g, N, 2] (scale, zero) in the activation dtype
     sz = torch.stack((scale, zero), -1).transpose(0, 1).contiguous().to(compute_dtype)
     ok = cpu and n % 16 == 0 and group in INT4_GROUPS and compute_dtype == torch.bfloat16 and _kernel_ok("int4")
     kernel = ok if use_kernel is None else (use_kernel and ok)
@@ -264,9 +327,9 @@ def quantize_weight(w: torch.Tensor, method: str, group_size: int = 128,
         tensors = {"packed": packed, "scales_zeros": sz}
         if keep_codes:
             tensors["codes"] = u
-    else:
-        tensors = {"nibbles": pack_nibbles(u), "scales_zeros": sz}
-    return QuantizedWeight(method, n, k, compute_dtype, group, kernel, tensors)
+    else:  # no kernel: fp32 scales and zeros, the same numbers as vlkit's kernel
+        tensors = {"nibbles": pack_nibbles(u), "scales": scale.float().contiguous(), "zeros": zero.float().contiguous()}
+    return QuantizedWeight(method, n, k, compute_dtype, group, kernel, tensors, impl="torch" if kernel else "")
 
 
 # -- whole model -----------------------------------------------------------------------------
