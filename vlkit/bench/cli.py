@@ -1,7 +1,8 @@
 """``vlkit bench WORKLOAD``: print one table, write a JSON record (and a PNG plot for w1 and w4).
 
-``--precision {fp32,bf16,int8,int4,int4-asym}`` (w1, w1-text) runs vlkit at that precision and HF at
-the matching dtype; ``accuracy`` measures each precision's agreement with fp32
+``--precision {fp32,bf16,int8,int4,int4-asym}`` (w1, w1-text; a comma-separated list for w5) runs vlkit
+at that precision and HF at the matching dtype; ``w5`` is a real-size small LLaVA at 1 and 8
+concurrent requests (:mod:`vlkit.bench.w5`); ``accuracy`` measures each precision's agreement with fp32
 (:mod:`vlkit.bench.accuracy`). ``python -m vlkit.bench.cli`` takes the same arguments as
 ``vlkit bench``.
 """
@@ -20,9 +21,17 @@ PRECISION_CHOICES = ("fp32", "bf16", "int8", "int4", "int4-asym")
 
 def run_cli(args: argparse.Namespace) -> int:
     workload = args.workload
-    precision = getattr(args, "precision", None) or "fp32"
+    precisions = (getattr(args, "precision", None) or ("fp32,bf16,int8,int4" if workload == "w5" else "fp32")).split(",")
+    bad = [p for p in precisions if p not in PRECISION_CHOICES]
+    if bad or (len(precisions) > 1 and workload != "w5"):
+        print(f"vlkit bench: --precision takes {'a comma-separated list of ' if workload == 'w5' else 'one of '}"
+              f"{', '.join(PRECISION_CHOICES)}; got {args.precision!r}", file=sys.stderr)
+        return 2
+    precision = precisions[0]
+    if getattr(args, "new_tokens", None) is None:
+        args.new_tokens = 128 if workload == "w5" else 64
     output = Path(args.output) if args.output else Path(f"bench-{workload}-{time.strftime('%Y%m%d-%H%M%S')}.json")
-    if workload in ("w1", "w2", "w3", "w4"):
+    if workload in ("w1", "w2", "w3", "w4", "w5"):
         from vlkit.contract.registry import get_registry
 
         try:
@@ -39,6 +48,16 @@ def run_cli(args: argparse.Namespace) -> int:
         print(vlm.format_table(res))
         js, png = vlm.save(res, output)
         print(f"wrote {js}" + (f" and {png}" if png else ""))
+        return 0
+    if workload == "w5":
+        from vlkit.bench import w5
+
+        res = w5.run_w5(precisions, [int(c) for c in str(args.concurrency).split(",")], args.new_tokens,
+                        args.repeats, args.skip_hf)
+        print(w5.format_table(res))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(res, indent=2))
+        print(f"wrote {output}")
         return 0
     if workload == "w1-text":
         from vlkit.bench import text
@@ -82,17 +101,27 @@ def run_cli(args: argparse.Namespace) -> int:
     return int(mod.run_cli(args) or 0)
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """``vlkit bench``'s arguments (the CLI's subcommand and ``python -m vlkit.bench.cli``)."""
+    p.add_argument("workload", nargs="?", default="w1", help="w1 (LLaVA W1), w1-text (its language model alone), "
+                   "w2 (multi-turn), w3 (vision encoder batching), w4 (scaling with load), w5 (a real-size small "
+                   "LLaVA, memory-bound), accuracy (each precision against fp32), or a plugin's (mobilevlm)")
+    p.add_argument("--precision", default=None, help="vlkit's precision: " + ", ".join(PRECISION_CHOICES)
+                   + " (int*: weight-only, bf16 activations); HF runs at the matching dtype. w5 takes a "
+                   "comma-separated list (default fp32,bf16,int8,int4)")
+    p.add_argument("--requests", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=None, help="new tokens a request (64; w5: 128)")
+    p.add_argument("--concurrency", default="1,8", help="w5: concurrent requests, comma-separated")
+    p.add_argument("--repeats", type=int, default=2, help="w5: alternated rounds, best kept")
+    p.add_argument("--output", default=None, help="write the JSON record here (and a PNG next to it)")
+    p.add_argument("--skip-hf", action="store_true", help="measure vlkit only")
+    p.add_argument("--skip-hf-sequential", action="store_true", help="w1: skip HF one request at a time")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m vlkit.bench.cli``: ``vlkit bench``'s arguments, ``--precision`` included."""
     p = argparse.ArgumentParser(prog="python -m vlkit.bench.cli", description=__doc__.split("\n\n")[0])
-    p.add_argument("workload", nargs="?", default="w1")
-    p.add_argument("--requests", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--output", default=None)
-    p.add_argument("--skip-hf", action="store_true")
-    p.add_argument("--skip-hf-sequential", action="store_true", help="w1: skip HF one request at a time")
-    p.add_argument("--precision", default="fp32", choices=PRECISION_CHOICES,
-                   help="vlkit's precision (int*: weight-only, bf16 activations); HF at the matching dtype")
+    add_arguments(p)
     return run_cli(p.parse_args(argv))
 
 

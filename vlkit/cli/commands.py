@@ -224,16 +224,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
+    from vlkit.bench.cli import add_arguments
+
     p = sub.add_parser("bench", help="benchmark vlkit against HF transformers in the same run (see docs/benchmarks.md)")
-    p.add_argument("workload", nargs="?", default="w1", help="w1 (LLaVA W1), w1-text (its language model alone), w2 (multi-turn), "
-                   "w3 (vision encoder batching), w4 (scaling with load), accuracy (each precision against fp32), "
-                   "or a plugin's (mobilevlm)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "int8", "int4", "int4-asym"],
-                   help="vlkit's precision (int*: weight-only, bf16 activations); HF runs at the matching dtype")
-    p.add_argument("--requests", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=64)
-    p.add_argument("--output", default=None, help="write the JSON record here (and a PNG next to it)")
-    p.add_argument("--skip-hf", action="store_true", help="measure vlkit only")
+    add_arguments(p)
     p.set_defaults(func=cmd_bench)
 
 

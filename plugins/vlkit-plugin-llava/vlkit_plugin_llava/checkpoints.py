@@ -12,7 +12,8 @@
   "1.6" also stores the (fine-tuned) tower inside the checkpoint as the released 1.6
   checkpoints do, while the standalone directory holds *different* (pre-fine-tuning) weights.
 
-``size="w1"`` gives BENCH.md's W1 ``llava-60m`` dimensions. Weights come from a fixed seed:
+``size="w1"`` gives BENCH.md's W1 ``llava-60m`` dimensions, ``size="w5"`` a real small LLaVA's
+(CLIP ViT-L/14-336 and TinyLlama-1.1B's LM; write it with ``dtype="bfloat16"``). Weights come from a fixed seed:
 the same options always write the same checkpoint.
 """
 
@@ -42,6 +43,18 @@ SIZES: dict[str, dict[str, Any]] = {
         },
         "image_size": 224,
         "next_image_size": 224,
+        "vocab_size": 32000,
+    },
+    # W5: the shapes of a real small LLaVA-1.5 (TinyLLaVA-style): CLIP ViT-L/14 at 336 px
+    # (576 image tokens) and TinyLlama-1.1B's LM; ~1.4 B parameters
+    "w5": {
+        "vision": {"hidden_size": 1024, "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16},
+        "text": {
+            "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+            "num_key_value_heads": 4,
+        },
+        "image_size": 336,
+        "next_image_size": 336,
         "vocab_size": 32000,
     },
 }

@@ -1,0 +1,190 @@
+"""Workload W5: a real-size small VLM on the CPU, where decoding is bound by memory bandwidth.
+
+A LLaVA-1.5 checkpoint with the shapes of a real small one (CLIP ViT-L/14 at 336 px, 576 image
+tokens; TinyLlama-1.1B's language model: hidden 2048, MLP 5632, 22 layers, 32 heads, 4 KV heads,
+vocab 32000; ~1.4 B parameters, random weights, saved in bf16) is written by the LLaVA plugin's
+factory (``size="w5"``). At 1 and at 8 concurrent requests, each a PNG of its own size and a
+~20-token question, 128 greedy tokens each (EOS ignored), timed end to end from the image bytes.
+
+Every system runs in its own process (so peak RSS is its own), the runs alternate, and the best
+of ``--repeats`` is kept. Peers: HF ``generate`` batched at the matching dtype (bf16 for the int
+precisions: transformers has no CPU int4/int8 path without extra packages).
+
+Reported per precision and concurrency: output tok/s, time to first token, peak RSS, and the
+decode step against the memory-bandwidth roofline: the bytes one step must read (the LM's weights
+at that precision, scales included, plus the KV cache of every sequence) over the read bandwidth
+measured in the same run.
+
+``vlkit bench w5 --precision fp32,bf16,int8,int4 [--concurrency 1,8] [--repeats 2]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+W5_LM = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+             num_key_value_heads=4, vocab_size=32000)
+IMAGE_TOKENS = 576
+
+
+def write_w5_llava(directory: str | Path) -> Path:
+    from vlkit.contract.registry import get_registry
+
+    return get_registry().get_family("llava").tiny_checkpoint(Path(directory), size="w5", dtype="bfloat16")
+
+
+def weight_bytes(cfg: dict[str, Any], precision: str, group: int = 128) -> float:
+    """Bytes of the LM's weights one decode step reads at ``precision`` (every linear layer and
+    the LM head, with their scales; the embedding rows gathered are left out)."""
+    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads, kvh, vocab = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
+    d = h // heads
+    shapes = [(heads * d, h), (2 * kvh * d, h), (h, heads * d), (2 * inter, h), (h, inter)] * layers + [(vocab, h)]
+    total = 0.0
+    for n, k in shapes:
+        if precision == "fp32":
+            total += 4 * n * k
+        elif precision == "bf16":
+            total += 2 * n * k
+        elif precision == "int8":
+            total += n * k + 2 * n
+        else:  # int4: half a byte a weight, fp32 scale (and zero when asymmetric) per group
+            total += n * k / 2 + n * (k // group) * 4 * (2 if precision == "int4-asym" else 1)
+    return total + 2 * h * layers * (4 if precision == "fp32" else 2)  # the norms
+
+
+def kv_bytes(cfg: dict[str, Any], batch: int, context: int, precision: str) -> float:
+    d = cfg["hidden_size"] // cfg["num_attention_heads"]
+    return 2 * cfg["num_hidden_layers"] * batch * context * cfg["num_key_value_heads"] * d * (4 if precision == "fp32" else 2)
+
+
+def _child(args: argparse.Namespace) -> dict[str, Any]:
+    from vlkit.bench import vlm
+    from vlkit.bench.precision import engine_kwargs, hf_dtype
+    from vlkit.bench.text import _peak_rss_mb
+
+    reqs = vlm._requests(args.concurrency)
+    if args.child == "vlkit":
+        blocks = args.concurrency * (-(-(IMAGE_TOKENS + 64 + args.new_tokens) // 16)) + 16
+        res = vlm.run_vlkit(Path(args.path), reqs, args.new_tokens, num_blocks=blocks, **engine_kwargs(args.precision))
+    else:
+        res = vlm.run_hf(Path(args.path), reqs, args.new_tokens, batched=True, dtype=hf_dtype(args.precision))
+        res["peak_rss_mb"] = _peak_rss_mb()
+    return res
+
+
+def _run_child(system: str, precision: str, concurrency: int, path: Path, new_tokens: int) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "vlkit.bench.w5", "--child", system, "--precision", precision,
+           "--concurrency", str(concurrency), "--path", str(path), "--new-tokens", str(new_tokens)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_w5(precisions: list[str], concurrencies: list[int], new_tokens: int = 128, repeats: int = 2,
+           skip_hf: bool = False, checkpoint_dir: str | None = None) -> dict[str, Any]:
+    import torch
+    import transformers
+
+    from vlkit.bench.text import measure_bandwidth
+    from vlkit.kernels import kernel_status
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(checkpoint_dir or os.path.join(tmp, "w5-llava"))
+        if not (path / "config.json").is_file():
+            subprocess.run([sys.executable, "-c", f"from vlkit.bench.w5 import write_w5_llava; write_w5_llava({str(path)!r})"],
+                           check=True, capture_output=True)
+        bw = measure_bandwidth(1024)
+        systems = ["vlkit"] + ([] if skip_hf else ["hf"])
+        best: dict[tuple[str, str, int], dict[str, Any]] = {}
+        for _ in range(repeats):  # alternated: every system once per round
+            for precision in precisions:
+                for c in concurrencies:
+                    for system in systems:
+                        if system == "hf" and precision not in ("fp32", "bf16") and ("hf", "bf16", c) in best:
+                            continue  # HF's int* peer is its bf16 run
+                        r = _run_child(system, precision, c, path, new_tokens)
+                        key = (system, precision, c)
+                        if key not in best or r["tok_per_s"] > best[key]["tok_per_s"]:
+                            best[key] = r
+    rows = []
+    for precision in precisions:
+        for c in concurrencies:
+            vl = best[("vlkit", precision, c)]
+            hf_prec = precision if precision in ("fp32", "bf16") else "bf16"
+            hf = best.get(("hf", hf_prec, c)) or best.get(("hf", precision, c))
+            ctx = int(vl["mean_prompt_len"] + new_tokens / 2)
+            nbytes = weight_bytes(W5_LM, precision) + kv_bytes(W5_LM, c, ctx, precision)
+            ideal = nbytes / bw
+            rows.append({
+                "precision": precision, "concurrency": c, "vlkit": vl, "hf_generate_batched": hf,
+                "hf_precision": hf_prec if hf else None,
+                "speedup_vs_hf": vl["tok_per_s"] / hf["tok_per_s"] if hf else None,
+                "roofline": {"bytes_per_step": nbytes, "decode_step_ideal_s": ideal,
+                             "decode_step_achieved_s": vl["decode_step_s"], "fraction": ideal / vl["decode_step_s"]},
+            })
+    return {
+        "workload": "w5", "date": time.strftime("%Y-%m-%d"), "new_tokens": new_tokens, "repeats": repeats,
+        "model": {"vision": "CLIP ViT-L/14-336 shape", "lm": W5_LM, "image_tokens": IMAGE_TOKENS,
+                  "weights": "random, saved in bf16"},
+        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(),
+                    "torch_threads": torch.get_num_threads(), "read_bandwidth_GBps": bw / 1e9},
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        "kernels": kernel_status(),
+        "rows": rows,
+    }
+
+
+def format_table(res: dict[str, Any]) -> str:
+    lines = [f"W5 (LLaVA, CLIP ViT-L/14-336 + 1.1B LM, random weights), {res['new_tokens']} new tokens, "
+             f"read bandwidth {res['machine']['read_bandwidth_GBps']:.1f} GB/s, best of {res['repeats']}",
+             "| precision | requests | vlkit tok/s | HF batched tok/s | vs HF | TTFT p50 | decode step | roofline | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in res["rows"]:
+        vl, hf, rf = r["vlkit"], r["hf_generate_batched"], r["roofline"]
+        hf_s = f"{hf['tok_per_s']:.2f} ({r['hf_precision']})" if hf else "-"
+        sp = f"{r['speedup_vs_hf']:.2f}x" if r["speedup_vs_hf"] else "-"
+        lines.append(f"| {r['precision']} | {r['concurrency']} | {vl['tok_per_s']:.2f} | {hf_s} | {sp} | "
+                     f"{vl['ttft_p50_s'] * 1e3:.0f} ms | {vl['decode_step_s'] * 1e3:.1f} ms "
+                     f"(ideal {rf['decode_step_ideal_s'] * 1e3:.1f}) | {rf['fraction'] * 100:.0f} % | "
+                     f"{vl['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vlkit.bench.w5")
+    p.add_argument("--child", choices=["vlkit", "hf"])
+    p.add_argument("--precision", default="int4")
+    p.add_argument("--concurrency", default="1,8")
+    p.add_argument("--path")
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--skip-hf", action="store_true")
+    p.add_argument("--output")
+    args = p.parse_args(argv)
+    if args.child:
+        args.concurrency = int(args.concurrency)
+        print(json.dumps(_child(args)))
+        return 0
+    res = run_w5(args.precision.split(","), [int(c) for c in args.concurrency.split(",")], args.new_tokens,
+                 args.repeats, args.skip_hf, args.path)
+    print(format_table(res))
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(res, indent=2))
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
