@@ -178,11 +178,16 @@ def _default_dtype(dtype):
         torch.set_default_dtype(old)
 
 
-def load_backbone(spec: LanguageModelSpec, device: Any = "cpu", dtype: Any = None) -> LanguageBackbone:
+def load_backbone(spec: LanguageModelSpec, device: Any = "cpu", dtype: Any = None,
+                  prepare: Callable[[Any], None] | None = None,
+                  transform: Callable[[Iterator[tuple[str, Any]]], Iterator[tuple[str, Any]]] | None = None,
+                  ) -> LanguageBackbone:
     """Build ``spec.architecture``'s backbone on ``device`` in ``dtype`` and load its weights.
 
     Under tensor parallelism call it on every rank after :func:`vlkit.layers.tp.init_tp`:
-    each rank keeps its own slice.
+    each rank keeps its own slice. ``prepare(model)`` runs between building and loading and
+    ``transform`` rewrites the checkpoint's ``(name, tensor)`` stream before names are mapped
+    (both for pre-quantized checkpoints: :mod:`vlkit.layers.prequant`).
     """
     import torch
 
@@ -193,11 +198,14 @@ def load_backbone(spec: LanguageModelSpec, device: Any = "cpu", dtype: Any = Non
     dtype = dtype or torch.float32
     with torch.device(device), _default_dtype(dtype):
         model = cls(dict(spec.config))
+    if prepare is not None:
+        prepare(model)
     skipped: list[str] = []
     renamed: list[str] = []
 
     def weights() -> Iterator[tuple[str, torch.Tensor]]:
-        for name, tensor in iter_checkpoint_tensors(spec.model_path):
+        stream = iter_checkpoint_tensors(spec.model_path)
+        for name, tensor in (transform(stream) if transform else stream):
             new = spec.rename(name)
             if new is None:
                 skipped.append(name)

@@ -105,6 +105,19 @@ class ModelRunner:
         self.spec = spec
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype] if isinstance(dtype, str) else dtype
+        from vlkit.engine.loader import read_config
+        from vlkit.layers.prequant import parse_config
+
+        try:
+            top_config = read_config(spec.model_path)
+        except (OSError, ValueError):  # a spec without a config.json on disk: nothing pre-quantized
+            top_config = {}
+        self.prequant = parse_config(top_config)
+        if self.prequant is not None:
+            if quantization not in (None, "int4", "int4-asym", self.prequant.name):
+                raise ValueError(f"the checkpoint is already quantized ({self.prequant.name}); leave "
+                                 f"EngineConfig.quantization unset (got {quantization!r})")
+            quantization = self.prequant.name
         self.quantization = quantization
         self.quant_report = None
         if quantization and self.device.type == "cpu" and self.dtype == torch.float32 and QUANT_BF16_MODEL:
@@ -131,7 +144,9 @@ class ModelRunner:
             self.workers = TPWorkers(world_size, ModelRunner, {**kwargs, "rank": 0})
             # each worker gets its own rank through _worker_main -> ModelRunner(rank=...)
         try:
-            if quantization:
+            if self.prequant is not None:
+                self.model = self._load_prequantized()
+            elif quantization:
                 self.model = self._load_quantized(quantization, quantization_group_size)
             else:
                 self.model = load_backbone(spec, self.device, self.dtype)
@@ -155,6 +170,30 @@ class ModelRunner:
         self._decode_kv_valid = False
         self._prev_singles: tuple[list, list[int]] = ([], [])
 
+    def _load_prequantized(self):
+        """An AWQ / GPTQ checkpoint: its codes, scales and zeros onto vlkit's int4 layers as they
+        are (no re-rounding); act-order GPTQ runs dequantized (``vlkit.layers.prequant``)."""
+        from vlkit.engine.loader import tensor_names
+        from vlkit.layers import prequant
+
+        cfg = self.prequant
+        compute = torch.bfloat16 if self.device.type == "cpu" else self.dtype
+        dense = cfg.desc_act
+        if dense:
+            logger.warning("%s checkpoint with act-order (desc_act): its layers are dequantized and run dense in %s",
+                           cfg.name, self.dtype)
+        names: list[str] = []
+
+        def prepare(model) -> None:
+            if not dense:
+                quantized = prequant.quantized_modules(model, tensor_names(self.spec.model_path), self.spec.rename)
+                names.extend(prequant.prepare_model(model, cfg, quantized))
+
+        model = load_backbone(self.spec, self.device, compute, prepare=prepare,
+                              transform=lambda stream: prequant.translate(stream, cfg, dense=dense))
+        self.quant_report = prequant.finalize(model, names, cfg, compute) if names else None
+        return self._cast_dense(model)
+
     def _load_quantized(self, method: str, group_size: int):
         """Load in the checkpoint's own precision (quantization rounds from its values, not from
         a bf16 copy of fp32 weights: fp32 unless every LM tensor is stored in bf16 or fp16, which
@@ -162,14 +201,19 @@ class ModelRunner:
         what stays dense to ``self.dtype``."""
         from vlkit.engine.loader import stored_float_dtypes
         from vlkit.layers.quant import quantize_model
-        from vlkit.layers.rotary import RotaryEmbedding
 
         stored = stored_float_dtypes(self.spec.model_path, lambda n: self.spec.rename(n) is not None)
         load = {"BF16": torch.bfloat16, "F16": torch.float16}.get(next(iter(stored))) if len(stored) == 1 else None
         model = load_backbone(self.spec, self.device, load or torch.float32)
         compute = torch.bfloat16 if self.device.type == "cpu" else self.dtype  # what the int kernels take
         self.quant_report = quantize_model(model, method, group_size, compute_dtype=compute)
-        with torch.no_grad():  # what stays dense, in the loading dtype: to self.dtype
+        return self._cast_dense(model)
+
+    def _cast_dense(self, model):
+        """What stays dense after quantizing, from the loading dtype to ``self.dtype``."""
+        from vlkit.layers.rotary import RotaryEmbedding
+
+        with torch.no_grad():
             for t in list(model.parameters()) + list(model.buffers()):
                 if t.is_floating_point() and t.numel() and t.dtype != self.dtype:
                     t.data = t.data.to(self.dtype)
