@@ -22,6 +22,7 @@ import torch
 from vlkit.layers.prequant import AWQ_ORDER
 
 _LINEAR = re.compile(r"(^|\.)layers\.\d+\..*_proj\.weight$")
+_VISION = re.compile(r"vision|visual")  # the towers stay dense (modules_to_not_convert in real repos)
 
 
 def _words(nibbles: np.ndarray) -> torch.Tensor:
@@ -91,7 +92,7 @@ def write_prequantized(src: str | Path, dst: str | Path, method: str = "awq", gr
     cfg = PrequantConfig(method, 4, group_size, sym=sym, desc_act=desc_act, checkpoint_format=checkpoint_format)
     out, dense = {}, {}
     for name, w in state.items():
-        if not _LINEAR.search(name):
+        if not _LINEAR.search(name) or _VISION.search(name):
             out[name] = dense[name] = w
             continue
         prefix = name[: -len(".weight")]
