@@ -37,6 +37,8 @@ def test_wheel_metadata_and_no_deprecation_warning(src: Path, tmp_path: Path) ->
     urls = dict(u.split(", ", 1) for u in meta.get_all("Project-URL"))
     assert {"Homepage", "Source", "Issues"} <= set(urls)
     assert meta.get_all("Classifier")
+    if src == REPO:  # package data the code reads at run time
+        assert {"vlkit/kernels/int4_gemv.cpp", "vlkit/templates/chatml.jinja"} <= set(names), names
     if src != REPO:
         (req,) = [d for d in meta.get_all("Requires-Dist")
                   if d.split(";")[0].replace(" ", "").startswith("vlkit") and "extra ==" not in d]

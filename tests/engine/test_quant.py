@@ -264,3 +264,15 @@ def test_tp2_equals_tp1_int8(llama_path):
     n = len(ps[0])
     assert l2[n - 1 : -1].argmax(-1).tolist() == l1[n - 1 : -1].argmax(-1).tolist() == t1[0]
     assert [t[:4] for t in t1] == [t[:4] for t in t2]
+
+
+def test_vlkit_int4_kernel_builds_where_it_can():
+    """Where the CPU has the instructions and g++ is there, the kernel must build and load (so the
+    tests above cannot skip by accident on such machines)."""
+    import shutil
+
+    from vlkit.kernels import build
+
+    if not set(build._INT4_FLAGS) <= build.cpu_flags() or shutil.which("g++") is None:
+        pytest.skip("no AVX512-BF16 or no g++ here")
+    assert build.int4_ops() is not None, build.kernel_status()

@@ -117,6 +117,7 @@ def run_w5(precisions: list[str], concurrencies: list[int], new_tokens: int = 12
                         key = (system, precision, c)
                         if key not in best or r["tok_per_s"] > best[key]["tok_per_s"]:
                             best[key] = r
+        bw = max(bw, measure_bandwidth(1024))  # the better of before and after: a shared machine
     rows = []
     for precision in precisions:
         for c in concurrencies:
