@@ -42,9 +42,21 @@ def run_cli(args: argparse.Namespace) -> int:
             return 2
     if workload == "w1":
         from vlkit.bench import vlm
+        from vlkit.bench.openvino import OpenVINOUnavailable
 
-        res = vlm.run_w1(args.requests, args.new_tokens, skip_hf=args.skip_hf, precision=precision,
-                         hf_sequential=not getattr(args, "skip_hf_sequential", False))
+        peers = tuple(p for p in (getattr(args, "peers", None) or "hf").split(",") if p)
+        if set(peers) - {"hf", "openvino"}:
+            print(f"vlkit bench: --peers takes hf and/or openvino, got {args.peers!r}", file=sys.stderr)
+            return 2
+        try:
+            res = vlm.run_w1(args.requests, args.new_tokens, skip_hf=args.skip_hf, precision=precision,
+                             hf_sequential=not getattr(args, "skip_hf_sequential", False), peers=peers,
+                             repeats=getattr(args, "repeats", 1) or 1,
+                             openvino_python=getattr(args, "openvino_python", None),
+                             openvino_cache=getattr(args, "openvino_cache", None))
+        except OpenVINOUnavailable as exc:
+            print(f"vlkit bench w1: {exc}", file=sys.stderr)
+            return 2
         print(vlm.format_table(res))
         js, png = vlm.save(res, output)
         print(f"wrote {js}" + (f" and {png}" if png else ""))
@@ -53,7 +65,7 @@ def run_cli(args: argparse.Namespace) -> int:
         from vlkit.bench import w5
 
         res = w5.run_w5(precisions, [int(c) for c in str(args.concurrency).split(",")], args.new_tokens,
-                        args.repeats, args.skip_hf)
+                        args.repeats or 2, args.skip_hf)
         print(w5.format_table(res))
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(res, indent=2))
@@ -112,7 +124,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=16)
     p.add_argument("--new-tokens", type=int, default=None, help="new tokens a request (64; w5: 128)")
     p.add_argument("--concurrency", default="1,8", help="w5: concurrent requests, comma-separated")
-    p.add_argument("--repeats", type=int, default=2, help="w5: alternated rounds, best kept")
+    p.add_argument("--repeats", type=int, default=None, help="alternated rounds, best kept (w5: 2, w1: 1)")
+    p.add_argument("--peers", default="hf", help="w1: comma-separated peers, hf and/or openvino")
+    p.add_argument("--openvino-python", default=None, help="the Python of the OpenVINO venv "
+                   "($VLKIT_OPENVINO_PYTHON; make one with python -m vlkit.bench.openvino setup DIR)")
+    p.add_argument("--openvino-cache", default=None, help="where OpenVINO exports are kept between runs")
     p.add_argument("--output", default=None, help="write the JSON record here (and a PNG next to it)")
     p.add_argument("--skip-hf", action="store_true", help="measure vlkit only")
     p.add_argument("--skip-hf-sequential", action="store_true", help="w1: skip HF one request at a time")

@@ -147,9 +147,12 @@ def run_hf(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, batched: 
 
 
 def run_w1(num_requests: int = 16, new_tokens: int = 64, skip_hf: bool = False, hf_sequential: bool = True,
-           checkpoint_dir: str | None = None, precision: str = "fp32") -> dict[str, Any]:
+           checkpoint_dir: str | None = None, precision: str = "fp32", peers: tuple[str, ...] = ("hf",),
+           repeats: int = 1, openvino_python: str | None = None, openvino_cache: str | None = None) -> dict[str, Any]:
     """W1 at ``precision`` (fp32, bf16, int8, int4, int4-asym: vlkit.bench.accuracy.PRECISIONS;
-    the int ones with bf16 activations), the HF peers at the matching dtype (bf16 for int*)."""
+    the int ones with bf16 activations), the HF peers at the matching dtype (bf16 for int*), and
+    with ``"openvino"`` in ``peers`` OpenVINO GenAI and optimum-intel at the same precision
+    (:mod:`vlkit.bench.openvino`); vlkit and OpenVINO alternate ``repeats`` times, best kept."""
     import torch
     import transformers
 
@@ -167,16 +170,36 @@ def run_w1(num_requests: int = 16, new_tokens: int = 64, skip_hf: bool = False, 
 
             subprocess.run([sys.executable, "-c", f"from vlkit.bench.vlm import write_w1_llava; write_w1_llava({str(path)!r})"],
                            check=True)
+        ov_runs: dict[str, dict[str, Any]] = {}
+        if "openvino" in peers:
+            from vlkit.bench import openvino as ovp
+
+            py = ovp.openvino_python(openvino_python)
+            ov_model = ovp.export(py, path, openvino_cache or os.path.join(tmp, "openvino"), precision)
+            ov_reqs = ovp.write_requests(reqs, os.path.join(tmp, "requests"))
         # vlkit first, with no torch work on this thread before it: a second thread running parallel
         # torch ops makes libgomp stop spinning and slows the loop thread's ops (vlkit/loop.py)
-        vl = run_vlkit(path, reqs, new_tokens, **engine)
+        vl = None
+        for _ in range(max(1, repeats)):  # alternated rounds: vlkit, then each OpenVINO system
+            r = run_vlkit(path, reqs, new_tokens, **engine)
+            vl = r if vl is None or r["tok_per_s"] > vl["tok_per_s"] else vl
+            if "openvino" in peers:
+                for backend in ovp.BACKENDS:
+                    o = ovp.run(py, ov_model, ov_reqs, new_tokens, precision, backend)
+                    if backend not in ov_runs or o["tok_per_s"] > ov_runs[backend]["tok_per_s"]:
+                        ov_runs[backend] = o
         bw = measure_bandwidth()
         peak = measure_matmul(1024, 1024, 1024)
+        skip_hf = skip_hf or "hf" not in peers
         hf_b = None if skip_hf else run_hf(path, reqs, new_tokens, batched=True, dtype=hf_dtype(precision))
         hf_s = None if (skip_hf or not hf_sequential) else run_hf(path, reqs, new_tokens, batched=False,
                                                                    dtype=hf_dtype(precision))
     ctx = int(vl["mean_prompt_len"] + new_tokens / 2)
-    nbytes, flops = decode_step_cost(num_requests, ctx, W1_LM)
+    _, flops = decode_step_cost(num_requests, ctx, W1_LM)
+    # bytes at this precision: weights (scales included) and the KV cache (bf16 unless fp32)
+    from vlkit.bench.w5 import kv_bytes, weight_bytes
+
+    nbytes = weight_bytes(W1_LM, precision) + kv_bytes(W1_LM, num_requests, ctx, precision)
     ideal = max(nbytes / bw, flops / peak)
     return {
         "workload": "w1",
@@ -193,6 +216,9 @@ def run_w1(num_requests: int = 16, new_tokens: int = 64, skip_hf: bool = False, 
         "hf_generate_sequential": hf_s,
         "speedup_vs_hf_batched": vl["tok_per_s"] / hf_b["tok_per_s"] if hf_b else None,
         "speedup_vs_hf_sequential": vl["tok_per_s"] / hf_s["tok_per_s"] if hf_s else None,
+        "repeats": max(1, repeats),
+        **{f"openvino_{b}": o for b, o in ov_runs.items()},
+        **{f"speedup_vs_openvino_{b}": vl["tok_per_s"] / o["tok_per_s"] for b, o in ov_runs.items()},
         # the bandwidth and matmul figures are the CPU's: no roofline for a GPU run
         "roofline": None if _device() == "cuda" else {
             "decode_step_ideal_s": ideal, "decode_step_achieved_s": vl["decode_step_s"],
@@ -208,6 +234,10 @@ def format_table(res: dict[str, Any]) -> str:
     for key, label in (("hf_generate_batched", "HF generate batched"), ("hf_generate_sequential", "HF generate one at a time")):
         if res.get(key):
             rows.append((f"{label} tok/s", f"{res[key]['tok_per_s']:.1f}"))
+    for b, label in (("genai", "OpenVINO GenAI continuous batching"), ("optimum", "OpenVINO optimum-intel batched")):
+        if res.get(f"openvino_{b}"):
+            rows.append((f"{label} tok/s", f"{res[f'openvino_{b}']['tok_per_s']:.1f} "
+                                           f"(vlkit {res[f'speedup_vs_openvino_{b}']:.2f}x)"))
     if res.get("speedup_vs_hf_batched"):
         rows.append(("speed-up vs HF batched", f"{res['speedup_vs_hf_batched']:.2f}x"))
     if res.get("speedup_vs_hf_sequential"):
