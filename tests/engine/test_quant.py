@@ -276,3 +276,19 @@ def test_vlkit_int4_kernel_builds_where_it_can():
     if not set(build._INT4_FLAGS) <= build.cpu_flags() or shutil.which("g++") is None:
         pytest.skip("no AVX512-BF16 or no g++ here")
     assert build.int4_ops() is not None, build.kernel_status()
+
+
+@pytest.mark.parametrize("precision,method", [("int4", "int4"), ("int4-asym", "int4-asym"), ("int8", "int8")])
+def test_roofline_bytes_are_what_the_quantized_engine_holds(llama_path, precision, method):
+    import json
+
+    from vlkit.bench.w5 import weight_bytes
+
+    cfg = json.loads(open(f"{llama_path}/config.json").read())
+    lm = {k: cfg[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                              "num_key_value_heads", "vocab_size")}
+    with LLMEngine.from_pretrained(llama_path, EngineConfig(num_blocks=16, device="cpu", quantization=method,
+                                                            quantization_group_size=64)) as eng:
+        rep = eng.runner.quant_report
+        norms = 2 * lm["hidden_size"] * lm["num_hidden_layers"] * 2
+        assert weight_bytes(lm, precision, group=64) - norms == pytest.approx(rep.bytes_after, rel=0.02)

@@ -63,9 +63,15 @@ def run_cli(args: argparse.Namespace) -> int:
         return 0
     if workload == "w5":
         from vlkit.bench import w5
+        from vlkit.bench.openvino import OpenVINOUnavailable
 
-        res = w5.run_w5(precisions, [int(c) for c in str(args.concurrency).split(",")], args.new_tokens,
-                        args.repeats or 2, args.skip_hf)
+        try:
+            res = w5.run_w5(precisions, [int(c) for c in str(args.concurrency).split(",")], args.new_tokens,
+                            args.repeats or 2, args.skip_hf, peers=tuple((args.peers or "hf").split(",")),
+                            openvino_python=args.openvino_python, openvino_cache=args.openvino_cache)
+        except OpenVINOUnavailable as exc:
+            print(f"vlkit bench w5: {exc}", file=sys.stderr)
+            return 2
         print(w5.format_table(res))
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(res, indent=2))
@@ -125,7 +131,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=None, help="new tokens a request (64; w5: 128)")
     p.add_argument("--concurrency", default="1,8", help="w5: concurrent requests, comma-separated")
     p.add_argument("--repeats", type=int, default=None, help="alternated rounds, best kept (w5: 2, w1: 1)")
-    p.add_argument("--peers", default="hf", help="w1: comma-separated peers, hf and/or openvino")
+    p.add_argument("--peers", default="hf", help="w1, w5: comma-separated peers, hf and/or openvino")
     p.add_argument("--openvino-python", default=None, help="the Python of the OpenVINO venv "
                    "($VLKIT_OPENVINO_PYTHON; make one with python -m vlkit.bench.openvino setup DIR)")
     p.add_argument("--openvino-cache", default=None, help="where OpenVINO exports are kept between runs")

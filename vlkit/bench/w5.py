@@ -15,7 +15,10 @@ decode step against the memory-bandwidth roofline: the bytes one step must read 
 at that precision, scales included, plus the KV cache of every sequence) over the read bandwidth
 measured in the same run.
 
-``vlkit bench w5 --precision fp32,bf16,int8,int4 [--concurrency 1,8] [--repeats 2]``
+With ``--peers hf,openvino`` OpenVINO GenAI's continuous batching and optimum-intel run the same
+requests at the same precision (:mod:`vlkit.bench.openvino`), alternated with the others.
+
+``vlkit bench w5 --precision fp32,bf16,int8,int4 [--concurrency 1,8] [--repeats 2] [--peers hf,openvino]``
 """
 
 from __future__ import annotations
@@ -92,7 +95,8 @@ def _run_child(system: str, precision: str, concurrency: int, path: Path, new_to
 
 
 def run_w5(precisions: list[str], concurrencies: list[int], new_tokens: int = 128, repeats: int = 2,
-           skip_hf: bool = False, checkpoint_dir: str | None = None) -> dict[str, Any]:
+           skip_hf: bool = False, checkpoint_dir: str | None = None, peers: tuple[str, ...] = ("hf",),
+           openvino_python: str | None = None, openvino_cache: str | None = None) -> dict[str, Any]:
     import torch
     import transformers
 
@@ -105,7 +109,16 @@ def run_w5(precisions: list[str], concurrencies: list[int], new_tokens: int = 12
             subprocess.run([sys.executable, "-c", f"from vlkit.bench.w5 import write_w5_llava; write_w5_llava({str(path)!r})"],
                            check=True, capture_output=True)
         bw = measure_bandwidth(1024)
-        systems = ["vlkit"] + ([] if skip_hf else ["hf"])
+        systems = ["vlkit"] + ([] if skip_hf or "hf" not in peers else ["hf"])
+        if "openvino" in peers:
+            from vlkit.bench import openvino as ovp
+            from vlkit.bench.vlm import _requests
+
+            py = ovp.openvino_python(openvino_python)
+            cache = Path(openvino_cache or os.path.join(tmp, "openvino"))
+            ov_models = {p: ovp.export(py, path, cache, p) for p in precisions}
+            ov_reqs = {c: ovp.write_requests(_requests(c), os.path.join(tmp, f"requests-{c}")) for c in concurrencies}
+            systems += [f"openvino-{b}" for b in ovp.BACKENDS]
         best: dict[tuple[str, str, int], dict[str, Any]] = {}
         for _ in range(repeats):  # alternated: every system once per round
             for precision in precisions:
@@ -113,7 +126,11 @@ def run_w5(precisions: list[str], concurrencies: list[int], new_tokens: int = 12
                     for system in systems:
                         if system == "hf" and precision not in ("fp32", "bf16") and ("hf", "bf16", c) in best:
                             continue  # HF's int* peer is its bf16 run
-                        r = _run_child(system, precision, c, path, new_tokens)
+                        if system.startswith("openvino-"):
+                            r = ovp.run(py, ov_models[precision], ov_reqs[c], new_tokens, precision,
+                                        system.split("-", 1)[1])
+                        else:
+                            r = _run_child(system, precision, c, path, new_tokens)
                         key = (system, precision, c)
                         if key not in best or r["tok_per_s"] > best[key]["tok_per_s"]:
                             best[key] = r
@@ -127,8 +144,12 @@ def run_w5(precisions: list[str], concurrencies: list[int], new_tokens: int = 12
             ctx = int(vl["mean_prompt_len"] + new_tokens / 2)
             nbytes = weight_bytes(W5_LM, precision) + kv_bytes(W5_LM, c, ctx, precision)
             ideal = nbytes / bw
+            ov = {b: best[(f"openvino-{b}", precision, c)] for b in ("genai", "optimum")
+                  if (f"openvino-{b}", precision, c) in best}
             rows.append({
                 "precision": precision, "concurrency": c, "vlkit": vl, "hf_generate_batched": hf,
+                **{f"openvino_{b}": o for b, o in ov.items()},
+                **{f"speedup_vs_openvino_{b}": vl["tok_per_s"] / o["tok_per_s"] for b, o in ov.items()},
                 "hf_precision": hf_prec if hf else None,
                 "speedup_vs_hf": vl["tok_per_s"] / hf["tok_per_s"] if hf else None,
                 "roofline": {"bytes_per_step": nbytes, "decode_step_ideal_s": ideal,
@@ -149,13 +170,16 @@ def run_w5(precisions: list[str], concurrencies: list[int], new_tokens: int = 12
 def format_table(res: dict[str, Any]) -> str:
     lines = [f"W5 (LLaVA, CLIP ViT-L/14-336 + 1.1B LM, random weights), {res['new_tokens']} new tokens, "
              f"read bandwidth {res['machine']['read_bandwidth_GBps']:.1f} GB/s, best of {res['repeats']}",
-             "| precision | requests | vlkit tok/s | HF batched tok/s | vs HF | TTFT p50 | decode step | roofline | peak RSS |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| precision | requests | vlkit tok/s | HF batched tok/s | vs HF | OpenVINO GenAI tok/s | vs GenAI | "
+             "TTFT p50 | decode step | roofline | peak RSS |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in res["rows"]:
         vl, hf, rf = r["vlkit"], r["hf_generate_batched"], r["roofline"]
         hf_s = f"{hf['tok_per_s']:.2f} ({r['hf_precision']})" if hf else "-"
         sp = f"{r['speedup_vs_hf']:.2f}x" if r["speedup_vs_hf"] else "-"
-        lines.append(f"| {r['precision']} | {r['concurrency']} | {vl['tok_per_s']:.2f} | {hf_s} | {sp} | "
+        ov = r.get("openvino_genai")
+        ov_s = f"{ov['tok_per_s']:.2f} | {r['speedup_vs_openvino_genai']:.2f}x" if ov else "- | -"
+        lines.append(f"| {r['precision']} | {r['concurrency']} | {vl['tok_per_s']:.2f} | {hf_s} | {sp} | {ov_s} | "
                      f"{vl['ttft_p50_s'] * 1e3:.0f} ms | {vl['decode_step_s'] * 1e3:.1f} ms "
                      f"(ideal {rf['decode_step_ideal_s'] * 1e3:.1f}) | {rf['fraction'] * 100:.0f} % | "
                      f"{vl['peak_rss_mb']:.0f} MB |")
@@ -172,13 +196,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--output")
+    p.add_argument("--peers", default="hf")
+    p.add_argument("--openvino-python")
+    p.add_argument("--openvino-cache")
     args = p.parse_args(argv)
     if args.child:
         args.concurrency = int(args.concurrency)
         print(json.dumps(_child(args)))
         return 0
     res = run_w5(args.precision.split(","), [int(c) for c in args.concurrency.split(",")], args.new_tokens,
-                 args.repeats, args.skip_hf, args.path)
+                 args.repeats, args.skip_hf, args.path, tuple(args.peers.split(",")), args.openvino_python,
+                 args.openvino_cache)
     print(format_table(res))
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
