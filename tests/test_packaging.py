@@ -38,7 +38,7 @@ def test_wheel_metadata_and_no_deprecation_warning(src: Path, tmp_path: Path) ->
     assert {"Homepage", "Source", "Issues"} <= set(urls)
     assert meta.get_all("Classifier")
     if src == REPO:  # package data the code reads at run time
-        assert {"vlkit/kernels/int4_gemv.cpp", "vlkit/templates/chatml.jinja"} <= set(names), names
+        assert {"vlkit/kernels/quant_gemm.cpp", "vlkit/templates/chatml.jinja"} <= set(names), names
     if src != REPO:
         (req,) = [d for d in meta.get_all("Requires-Dist")
                   if d.split(";")[0].replace(" ", "").startswith("vlkit") and "extra ==" not in d]

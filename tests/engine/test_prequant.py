@@ -165,3 +165,18 @@ def test_unsupported_checkpoint_quantization_is_named(llama_path, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ValueError, match="quantized with 'bitsandbytes'"):
         LLMEngine.from_pretrained(str(d), EngineConfig(num_blocks=16, device="cpu"))
+
+
+def test_internlm2_packed_wqkv_checkpoint_in_awq(internlm2_path, tmp_path):
+    """InternLM2 (InternVL's LM) packs q/k/v per KV group in ``wqkv``: its scales and zeros are
+    unpacked by the same routing as its weight."""
+    path, twin = write_prequantized(internlm2_path, tmp_path / "awq", "awq", group_size=64)
+    ps = prompts(2, seed=5)
+    with LLMEngine.from_pretrained(str(twin), EngineConfig(num_blocks=64, dtype="float32", device="cpu")) as ref, \
+            LLMEngine.from_pretrained(str(path), EngineConfig(num_blocks=64, device="cpu")) as eng:
+        assert len(eng.runner.quant_report.quantized) == 8
+        assert isinstance(eng.runner.model.model.layers[0].self_attn.qkv_proj.packed_weight, QuantizedWeight)
+        ref_toks = [o.token_ids for o in ref.generate(ps, GEN)]
+        for p, t in zip(ps, ref_toks):
+            assert (eng.get_logits(p + t) - ref.get_logits(p + t)).abs().max() < 0.1
+

@@ -292,3 +292,22 @@ def test_roofline_bytes_are_what_the_quantized_engine_holds(llama_path, precisio
         rep = eng.runner.quant_report
         norms = 2 * lm["hidden_size"] * lm["num_hidden_layers"] * 2
         assert weight_bytes(lm, precision, group=64) - norms == pytest.approx(rep.bytes_after, rel=0.02)
+
+
+@needs_vlkit_int4
+@pytest.mark.parametrize("rows", [1, 3, 8, 11, 16, 47])
+def test_vlkit_int8_kernel_matches_the_dequantized_reference(rows, monkeypatch):
+    g = torch.Generator().manual_seed(rows)
+    for n, k in ((40, 256), (72, 96)):
+        w = torch.randn(n, k, generator=g)
+        x = torch.randn(rows, k, generator=g).to(torch.bfloat16)
+        qw = Q.quantize_weight(w, "int8")
+        assert qw.impl == "vlkit"
+        ref = F.linear(x.float(), qw.dequantize(torch.float32))
+        _close_to_reference(qw(x), ref)
+        monkeypatch.setenv("VLKIT_INT8_KERNEL", "torch")
+        th = Q.quantize_weight(w, "int8")
+        monkeypatch.delenv("VLKIT_INT8_KERNEL")
+        assert th.impl == "torch"
+        torch.testing.assert_close(th.dequantize(torch.float32), qw.dequantize(torch.float32), atol=0, rtol=0)
+    assert Q.quantize_weight(torch.randn(8, 80), "int8").impl == "torch"  # K % 32: PyTorch's kernel

@@ -107,6 +107,23 @@ def tensor_names(model_path: str | os.PathLike[str]) -> list[str]:
     return names
 
 
+def tensor_shapes(model_path: str | os.PathLike[str], select: Callable[[str], bool]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the tensors ``select`` picks, from the safetensors headers (``.bin``: loaded)."""
+    kind, _, files = weight_index(model_path)
+    out: dict[str, tuple[int, ...]] = {}
+    for path in files:
+        if kind == "safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, framework="pt", device="cpu") as f:
+                for name in f.keys():
+                    if select(name):
+                        out[name] = tuple(f.get_slice(name).get_shape())
+        else:
+            out.update({n: tuple(t.shape) for n, t in load_bin(path).items() if select(n)})
+    return out
+
+
 def stored_float_dtypes(model_path: str | os.PathLike[str], select: Callable[[str], bool] = lambda n: True) -> set[str]:
     """The safetensors dtypes (``"BF16"``, ``"F16"``, ``"F32"``...) of the floating-point tensors
     ``select`` picks, read from the headers only; empty for ``.bin`` checkpoints."""

@@ -173,7 +173,7 @@ class ModelRunner:
     def _load_prequantized(self):
         """An AWQ / GPTQ checkpoint: its codes, scales and zeros onto vlkit's int4 layers as they
         are (no re-rounding); act-order GPTQ runs dequantized (``vlkit.layers.prequant``)."""
-        from vlkit.engine.loader import tensor_names
+        from vlkit.engine.loader import tensor_shapes
         from vlkit.layers import prequant
 
         cfg = self.prequant
@@ -186,7 +186,8 @@ class ModelRunner:
 
         def prepare(model) -> None:
             if not dense:
-                quantized = prequant.quantized_modules(model, tensor_names(self.spec.model_path), self.spec.rename)
+                shapes = tensor_shapes(self.spec.model_path, lambda n: n.endswith(".qweight"))
+                quantized = prequant.quantized_modules(model, shapes, self.spec.rename, cfg.method)
                 names.extend(prequant.prepare_model(model, cfg, quantized))
 
         model = load_backbone(self.spec, self.device, compute, prepare=prepare,

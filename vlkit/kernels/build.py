@@ -25,7 +25,7 @@ from typing import Any
 
 logger = logging.getLogger("vlkit.kernels")
 
-_SRC = Path(__file__).with_name("int4_gemv.cpp")
+_SRC = Path(__file__).with_name("quant_gemm.cpp")
 _INT4_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
 _lock = threading.Lock()
 _state: dict[str, Any] = {}

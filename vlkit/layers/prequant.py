@@ -230,17 +230,20 @@ def translate(weights: Iterable[tuple[str, torch.Tensor]], cfg: PrequantConfig,
         yield from emit(prefix, parts)
 
 
-def quantized_modules(model: nn.Module, checkpoint_names: Iterable[str], rename) -> set[str]:
-    """The model-side names of the layers the checkpoint stores quantized (``X.qweight``),
-    through ``rename`` (the spec's checkpoint -> backbone names) and the model's fusing map."""
+def quantized_modules(model: nn.Module, qweight_shapes: dict[str, tuple[int, ...]], rename,
+                      method: str) -> set[str]:
+    """The model-side names of the layers the checkpoint stores quantized: each ``X.qweight``
+    (with its shape) through ``rename`` (the spec's checkpoint -> backbone names) and the model's
+    own routing (fused q/k/v, gate/up; InternLM2's packed ``wqkv``), fed a meta tensor of the
+    dense weight's shape."""
     out = set()
-    for name in checkpoint_names:
-        if not name.endswith(".qweight"):
-            continue
+    for name, shape in qweight_shapes.items():
         new = rename(name[: -len("qweight")] + "weight")
         if new is None:
             continue
-        for pname, _, _ in model.map_weight(new, torch.empty(0)):
+        rows, cols = shape
+        dense = (cols * 8, rows) if method == "awq" else (cols, rows * 8)  # [N, K]
+        for pname, _, _ in model.map_weight(new, torch.empty(dense, device="meta")):
             out.add(pname.rpartition(".")[0])
     return out
 

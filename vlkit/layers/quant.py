@@ -22,8 +22,10 @@ Each quantized layer's ``packed_weight`` slot (the one oneDNN prepacking uses) h
 :class:`QuantizedWeight`; :func:`vlkit.layers.linear.linear` calls it. The dense ``weight`` is
 released (kept only where it is shared, e.g. a tied LM head, whose input embedding stays dense).
 
-Kernels: on CPU, ``torch.ops.aten._weight_int8pack_mm`` (int8; needs ``K % 16 == 0``, it returns
-garbage otherwise in torch 2.13) and, for int4, vlkit's own kernel (``vlkit/kernels/int4_gemv.cpp``,
+Kernels: on CPU, for int8 vlkit's own kernel (``vlkit/kernels/quant_gemm.cpp``, where the CPU has
+AVX512-BF16 and ``K % 32 == 0``: codes widened to bf16 in registers, fp32 sums; 1.5-2x PyTorch's
+at 16 rows) or else ``torch.ops.aten._weight_int8pack_mm`` (needs ``K % 16 == 0``, it returns
+garbage otherwise in torch 2.13; ``VLKIT_INT8_KERNEL=torch`` picks it), and, for int4, vlkit's own kernel (``vlkit/kernels/quant_gemm.cpp``,
 compiled at first use where the CPU has AVX512-BF16: codes in 64-channel blocks, fp32 scales, fp32
 sums; up to ``INT4_VLKIT_MAX_ROWS`` rows it multiplies straight from the codes, above that (prefill)
 it dequantizes the layer to bf16 once and runs one dense GEMM) or else PyTorch's
@@ -232,6 +234,8 @@ class QuantizedWeight:
                 x2 = x2.contiguous()
             if self.method == "int8" and x2.shape[0] >= INT8_DENSE_MIN_ROWS:
                 y = F.linear(x2, t["q"].to(self.compute_dtype)) * t["scale"]
+            elif self.method == "int8" and self.impl == "vlkit":
+                y = _vlkit_ops().int8_linear(x2, t["q"], t["scale"])
             elif self.method == "int8":
                 y = torch.ops.aten._weight_int8pack_mm(x2, t["q"], t["scale"])
             elif self.impl == "vlkit":
@@ -272,12 +276,15 @@ def quantize_weight(w: torch.Tensor, method: str, group_size: int = 128,
     cpu = w.device.type == "cpu"
     if method == "int8":
         q, scale = quantize_int8(w, amax)
+        tensors = {"q": q.contiguous(), "scale": scale.to(compute_dtype)}
+        if (use_kernel is not False and cpu and compute_dtype == torch.bfloat16 and k % 32 == 0
+                and _int8_impl() != "torch" and _vlkit_ops() is not None):
+            return QuantizedWeight(method, n, k, compute_dtype, None, True, tensors, impl="vlkit")
         ok = cpu and k % 16 == 0 and _kernel_ok("int8")
         kernel = ok if use_kernel is None else (use_kernel and ok)
         if use_kernel and not ok:
             raise RuntimeError(f"the int8 CPU kernel cannot run a [{n}, {k}] weight here")
-        return QuantizedWeight(method, n, k, compute_dtype, None, kernel,
-                               {"q": q.contiguous(), "scale": scale.to(compute_dtype)}, impl="torch" if kernel else "")
+        return QuantizedWeight(method, n, k, compute_dtype, None, kernel, tensors, impl="torch" if kernel else "")
     group = pick_group(k, group_size)
     if group is None:
         return None
@@ -294,6 +301,10 @@ def _vlkit_ops():
 
 def _int4_impl() -> str:
     return os.environ.get("VLKIT_INT4_KERNEL", "vlkit")
+
+
+def _int8_impl() -> str:
+    return os.environ.get("VLKIT_INT8_KERNEL", "vlkit")
 
 
 def int4_weight(u: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, group: int,

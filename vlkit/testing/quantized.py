@@ -1,7 +1,7 @@
 """AWQ and GPTQ 4-bit checkpoints made from a dense one, for tests (:mod:`vlkit.layers.prequant`).
 
 :func:`write_prequantized` rounds every linear layer of a checkpoint's decoder layers
-(``*_proj.weight``, as AutoAWQ and AutoGPTQ do; the LM head, embeddings and anything outside the
+(``*_proj.weight``, InternLM2's ``wqkv``/``wo``/``w1..w3``, as AutoAWQ and AutoGPTQ do; the LM head, embeddings and anything outside the
 layers stay dense) group-wise to 4 bits, packs the codes the way AutoAWQ ("gemm") or AutoGPTQ /
 GPTQModel ("gptq" v1, "gptq_v2") write them, and adds the ``quantization_config`` those libraries
 put in ``config.json``. It also writes the *dense twin*: the same checkpoint with each quantized
@@ -21,7 +21,8 @@ import torch
 
 from vlkit.layers.prequant import AWQ_ORDER
 
-_LINEAR = re.compile(r"(^|\.)layers\.\d+\..*_proj\.weight$")
+# decoder layers' linears: LLaMA/Qwen2 names (*_proj) and InternLM2's (wqkv, wo, w1..w3)
+_LINEAR = re.compile(r"(^|\.)layers\.\d+\..*(_proj|\.wqkv|\.wo|\.w1|\.w2|\.w3)\.weight$")
 _VISION = re.compile(r"vision|visual")  # the towers stay dense (modules_to_not_convert in real repos)
 
 

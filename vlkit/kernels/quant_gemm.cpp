@@ -23,6 +23,7 @@ namespace {
 
 constexpr int64_t kBlock = 64;  // input channels per 32-byte block
 constexpr int kMaxRows = 8;     // rows of x per pass (accumulators held in registers)
+constexpr int64_t kTile = 64;   // output channels per tile (their weights stay in L2 across passes)
 
 template <int MB>
 void rows_pass(const uint16_t* x, int64_t ldx, const uint8_t* nib, const float* scales,
@@ -113,10 +114,71 @@ at::Tensor int4_linear(const at::Tensor& x, const at::Tensor& nib, const at::Ten
   float* yp = y.data_ptr<float>();
   // grain: at least 16 output channels (K / 2 bytes each) per task
   at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
-    for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
-      const int64_t mb = std::min<int64_t>(kMaxRows, M - m0);
-      kPasses[mb - 1](xp + m0 * K, K, wp, sp, zp, xsp ? xsp + m0 * G : nullptr, K, G, group, n0, n1,
-                      yp + m0 * N, N);
+    // a tile of output channels at a time, every row of x over it: the tile's codes are read
+    // from memory once and from the cache for the next rows
+    for (int64_t t0 = n0; t0 < n1; t0 += kTile) {
+      const int64_t t1 = std::min<int64_t>(n1, t0 + kTile);
+      for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
+        const int64_t mb = std::min<int64_t>(kMaxRows, M - m0);
+        kPasses[mb - 1](xp + m0 * K, K, wp, sp, zp, xsp ? xsp + m0 * G : nullptr, K, G, group, t0, t1,
+                        yp + m0 * N, N);
+      }
+    }
+  });
+  return y.to(at::kBFloat16);
+}
+
+// int8 weight-only, per-output-channel scale: y = (x @ q^T) * scale, q int8 [N, K] row-major
+// (the layout PyTorch's _weight_int8pack_mm takes). Each 32 channels of a row are widened to
+// fp32, converted to bf16 (exact: |q| <= 127) and multiplied with vdpbf16ps in fp32 sums.
+template <int MB>
+void int8_rows_pass(const uint16_t* x, int64_t ldx, const int8_t* q, const float* scale, int64_t K,
+                    int64_t n0, int64_t n1, float* y, int64_t ldy) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* w = q + n * K;
+    __m512 acc[MB];
+    for (int m = 0; m < MB; ++m) acc[m] = _mm512_setzero_ps();
+    for (int64_t k0 = 0; k0 < K; k0 += 32) {
+      const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k0))));
+      const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k0 + 16))));
+      const __m512bh wb = _mm512_cvtne2ps_pbh(hi, lo);  // channels k0 .. k0 + 31 in order
+      for (int m = 0; m < MB; ++m) {
+        const __m512bh xb = (__m512bh)_mm512_loadu_si512(x + m * ldx + k0);
+        acc[m] = _mm512_dpbf16_ps(acc[m], xb, wb);
+      }
+    }
+    for (int m = 0; m < MB; ++m) y[m * ldy + n] = _mm512_reduce_add_ps(acc[m]) * scale[n];
+  }
+}
+
+using Int8PassFn = void (*)(const uint16_t*, int64_t, const int8_t*, const float*, int64_t, int64_t, int64_t,
+                            float*, int64_t);
+constexpr Int8PassFn kInt8Passes[kMaxRows] = {int8_rows_pass<1>, int8_rows_pass<2>, int8_rows_pass<3>,
+                                              int8_rows_pass<4>, int8_rows_pass<5>, int8_rows_pass<6>,
+                                              int8_rows_pass<7>, int8_rows_pass<8>};
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale) {
+  TORCH_CHECK(x.dim() == 2 && x.scalar_type() == at::kBFloat16 && x.is_contiguous(),
+              "int8_linear: x must be a contiguous 2-D bfloat16 tensor");
+  TORCH_CHECK(q.dim() == 2 && q.scalar_type() == at::kChar && q.is_contiguous(),
+              "int8_linear: q must be a contiguous 2-D int8 tensor");
+  const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  TORCH_CHECK(q.size(1) == K && K % 32 == 0, "int8_linear: q has ", q.size(1), " channels, x has ", K,
+              " (a multiple of 32 is needed)");
+  TORCH_CHECK(scale.numel() == N, "int8_linear: one scale per output channel");
+  const at::Tensor s = scale.to(at::kFloat).contiguous();
+  at::Tensor y = at::empty({M, N}, x.options().dtype(at::kFloat));
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
+  const int8_t* qp = q.data_ptr<int8_t>();
+  const float* sp = s.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t t0 = n0; t0 < n1; t0 += kTile) {
+      const int64_t t1 = std::min<int64_t>(n1, t0 + kTile);
+      for (int64_t m0 = 0; m0 < M; m0 += kMaxRows) {
+        const int64_t mb = std::min<int64_t>(kMaxRows, M - m0);
+        kInt8Passes[mb - 1](xp + m0 * K, K, qp, sp, K, t0, t1, yp + m0 * N, N);
+      }
     }
   });
   return y.to(at::kBFloat16);
@@ -175,9 +237,11 @@ at::Tensor int4_dequantize(const at::Tensor& nib, const at::Tensor& scales,
 TORCH_LIBRARY(vlkit_kernels, m) {
   m.def("int4_linear(Tensor x, Tensor codes, Tensor scales, Tensor? zeros, int group) -> Tensor");
   m.def("int4_dequantize(Tensor codes, Tensor scales, Tensor? zeros, int group) -> Tensor");
+  m.def("int8_linear(Tensor x, Tensor q, Tensor scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(vlkit_kernels, CPU, m) {
   m.impl("int4_linear", int4_linear);
   m.impl("int4_dequantize", int4_dequantize);
+  m.impl("int8_linear", int8_linear);
 }
