@@ -107,6 +107,31 @@ def decode_step_cost(batch: int, context: int, cfg: dict[str, Any] = W1_LM) -> t
     return weights * 4 + kv_bytes, flops
 
 
+def weight_bytes(cfg: dict[str, Any], precision: str, group: int = 128) -> float:
+    """Bytes of the LM's weights one decode step reads at ``precision`` (every linear layer and
+    the LM head, with their scales; the embedding rows gathered are left out)."""
+    h, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads, kvh, vocab = cfg["num_attention_heads"], cfg["num_key_value_heads"], cfg["vocab_size"]
+    d = h // heads
+    shapes = [(heads * d, h), (2 * kvh * d, h), (h, heads * d), (2 * inter, h), (h, inter)] * layers + [(vocab, h)]
+    total = 0.0
+    for n, k in shapes:
+        if precision == "fp32":
+            total += 4 * n * k
+        elif precision == "bf16":
+            total += 2 * n * k
+        elif precision == "int8":
+            total += n * k + 2 * n
+        else:  # int4: half a byte a weight, fp32 scale (and zero when asymmetric) per group
+            total += n * k / 2 + n * (k // group) * 4 * (2 if precision == "int4-asym" else 1)
+    return total + 2 * h * layers * (4 if precision == "fp32" else 2)  # the norms
+
+
+def kv_bytes(cfg: dict[str, Any], batch: int, context: int, precision: str) -> float:
+    d = cfg["hidden_size"] // cfg["num_attention_heads"]
+    return 2 * cfg["num_hidden_layers"] * batch * context * cfg["num_key_value_heads"] * d * (4 if precision == "fp32" else 2)
+
+
 # -- peers -----------------------------------------------------------------------------------
 def run_hf(path: str, prompts: list[list[int]], new_tokens: int, dtype: torch.dtype = torch.float32) -> dict[str, float]:
     from transformers import AutoModelForCausalLM

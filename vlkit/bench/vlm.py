@@ -197,7 +197,7 @@ def run_w1(num_requests: int = 16, new_tokens: int = 64, skip_hf: bool = False, 
     ctx = int(vl["mean_prompt_len"] + new_tokens / 2)
     _, flops = decode_step_cost(num_requests, ctx, W1_LM)
     # bytes at this precision: weights (scales included) and the KV cache (bf16 unless fp32)
-    from vlkit.bench.w5 import kv_bytes, weight_bytes
+    from vlkit.bench.text import kv_bytes, weight_bytes
 
     nbytes = weight_bytes(W1_LM, precision) + kv_bytes(W1_LM, num_requests, ctx, precision)
     ideal = max(nbytes / bw, flops / peak)
