@@ -105,6 +105,12 @@ class EngineConfig:
         quantization_group_size: int4 group size (a power of two >= 32; 128 by default). A layer
             whose input size it does not divide uses the largest power of two below it that does;
             if that is under 32 the layer stays dense (bf16), and both cases are logged.
+        nnodes: machines the ``tp`` ranks are spread over (evenly; this process is node 0 and
+            runs the engine, the others run ``vlkit serve MODEL --tp N --nnodes M --node-rank K``);
+            needs ``VLKIT_TP_SECRET`` set alike on every node (docs/scaling.md).
+        master_addr: node 0's address as the other nodes reach it (the rendezvous binds there).
+        master_port: the process group's rendezvous port on node 0; the control channel to the
+            other nodes' ranks uses ``master_port + 1``.
     """
 
     tp: int = 1
@@ -121,10 +127,15 @@ class EngineConfig:
     num_threads: int | None = None
     quantization: str | None = None
     quantization_group_size: int = 128
+    nnodes: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
 
     def __post_init__(self) -> None:
         if self.tp < 1:
             raise ValueError(f"EngineConfig.tp must be >= 1, got {self.tp}")
+        if self.nnodes < 1 or self.tp % self.nnodes:
+            raise ValueError(f"EngineConfig.nnodes must be >= 1 and divide tp={self.tp}, got {self.nnodes}")
         if self.block_size < 1:
             raise ValueError(f"EngineConfig.block_size must be >= 1, got {self.block_size}")
         if self.max_batch_size < 1:

@@ -32,6 +32,41 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                    help="let code shipped with the checkpoint run (never needed by the bundled families)")
     g.add_argument("--chat-template", default=None, help="template name (see `vlkit list-models`) or .jinja path")
     g.add_argument("--vision-max-batch-size", type=int, default=16, help="images per vision forward")
+    n = p.add_argument_group("tensor parallelism across machines (torchrun-style; also NNODES, NODE_RANK, "
+                             "MASTER_ADDR, MASTER_PORT; VLKIT_TP_SECRET on every node)")
+    n.add_argument("--nnodes", type=int, default=None, help="machines the --tp ranks are spread over (default 1)")
+    n.add_argument("--node-rank", type=int, default=None,
+                   help="this machine's index: 0 runs the engine (and serves HTTP), others only hold ranks")
+    n.add_argument("--master-addr", default=None, help="node 0's address, as the other nodes reach it")
+    n.add_argument("--master-port", type=int, default=None,
+                   help="rendezvous port on node 0 (default 29500; the control channel uses the next one)")
+
+
+def _topology(args: argparse.Namespace) -> Any:
+    from vlkit.engine.cluster import Topology
+
+    return Topology.from_env(args.tp, nnodes=args.nnodes, node_rank=args.node_rank, master_addr=args.master_addr,
+                             master_port=args.master_port)
+
+
+def _worker_node(args: argparse.Namespace, command: str) -> int | None:
+    """On a node other than 0: hold this node's TP ranks until node 0's engine stops (the exit
+    code), else ``None`` (this process runs the engine)."""
+    try:
+        topo = _topology(args)
+        if topo.node_rank == 0:
+            return None
+        from vlkit.engine.cluster import secret
+        from vlkit.engine.workers import run_worker_node
+
+        secret()
+    except ValueError as exc:
+        print(f"vlkit {command}: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"vlkit {command}: node {topo.node_rank} of {topo.nnodes}: tensor-parallel ranks "
+          f"{topo.ranks_of(topo.node_rank)} of {topo.world_size}, joining node 0 at {topo.master_addr}:"
+          f"{topo.master_port}", file=sys.stderr, flush=True)
+    return run_worker_node(topo)
 
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
@@ -80,6 +115,12 @@ def _pipeline(args: argparse.Namespace) -> Any:
         extra["cache_max_entry_count"] = args.cache_max_entry_count
     if args.max_batch_size is not None:
         extra["max_batch_size"] = args.max_batch_size
+    topo = _topology(args)
+    if topo.node_rank != 0:
+        raise ValueError("--node-rank > 0 only holds tensor-parallel ranks: run it as `vlkit serve MODEL --tp N "
+                         "--nnodes M --node-rank K ...` (docs/scaling.md)")
+    if topo.nnodes > 1:
+        extra.update(nnodes=topo.nnodes, master_addr=topo.master_addr, master_port=topo.master_port)
     return vlkit.pipeline(
         args.model,
         engine_config=EngineConfig(
@@ -261,6 +302,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"vlkit serve: the server needs the serve extra: pip install 'vlkit[serve]' ({exc})", file=sys.stderr)
         return 2
+    held = _worker_node(args, "serve")
+    if held is not None:
+        return held
     from vlkit.api.fetch import MediaPolicy
 
     policy = MediaPolicy.server(

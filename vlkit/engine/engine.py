@@ -29,6 +29,7 @@ import torch
 
 from vlkit.config import EngineConfig, GenerationConfig
 from vlkit.engine.block_manager import BlockManager
+from vlkit.engine.cluster import Topology
 from vlkit.engine.detokenizer import IncrementalDetokenizer
 from vlkit.engine.kv_cache import num_blocks_for
 from vlkit.engine.outputs import RequestOutput
@@ -104,6 +105,8 @@ class LLMEngine:
             num_threads=cfg.num_threads,
             quantization=cfg.quantization,
             quantization_group_size=cfg.quantization_group_size,
+            topology=None if cfg.nnodes == 1 else Topology(world_size=cfg.tp, nnodes=cfg.nnodes,
+                                                           master_addr=cfg.master_addr, master_port=cfg.master_port),
         )
         try:
             m = self.runner.model

@@ -101,6 +101,7 @@ class ModelRunner:
         num_threads: int | None = None,
         quantization: str | None = None,
         quantization_group_size: int = 128,
+        topology: Any = None,
     ):
         self.spec = spec
         self.device = torch.device(device)
@@ -141,7 +142,7 @@ class ModelRunner:
                 quantization=quantization,
                 quantization_group_size=quantization_group_size,
             )
-            self.workers = TPWorkers(world_size, ModelRunner, {**kwargs, "rank": 0})
+            self.workers = TPWorkers(world_size, ModelRunner, {**kwargs, "rank": 0}, topology=topology)
             # each worker gets its own rank through _worker_main -> ModelRunner(rank=...)
         try:
             if self.prequant is not None:

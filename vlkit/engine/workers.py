@@ -10,7 +10,8 @@ Step inputs travel to workers over one ``multiprocessing`` pipe per worker, so a
 waits on its pipe, not on a collective that could time out. A worker that dies is noticed by
 rank 0 before the next step (``is_alive``) or by the collective that fails; both raise
 :class:`WorkerDiedError` in the caller. Workers exit when their pipe closes, so an engine that is
-garbage collected or an interpreter that exits never leaves them behind.
+garbage collected or an interpreter that exits never leaves them behind. Ranks on other machines
+(``EngineConfig.nnodes > 1``) connect over a socket instead of a pipe: :mod:`vlkit.engine.cluster`.
 
 Layers read the group through :func:`tp_rank` / :func:`tp_world_size` when they are built, and
 call :func:`all_reduce` / :func:`gather_to_first` in ``forward``; with ``tp=1`` these are no-ops
@@ -47,8 +48,8 @@ def _worker_main(rank: int, world_size: int, init_method: str, runner_cls: type,
     runner_kwargs = {**runner_kwargs, "rank": rank}
     try:
         device = torch.device(runner_kwargs["device"])
-        if device.type == "cuda":
-            device = torch.device("cuda", rank)
+        if device.type == "cuda":  # one GPU per rank of this node
+            device = torch.device("cuda", rank % max(torch.cuda.device_count(), 1))
             torch.cuda.set_device(device)
             runner_kwargs = {**runner_kwargs, "device": str(device)}
         if runner_kwargs.get("num_threads"):
@@ -132,14 +133,16 @@ class TPWorkers:
     ``close`` stops them (also run at interpreter exit and when this object is collected).
     """
 
-    def __init__(self, world_size: int, runner_cls: type, runner_kwargs: dict[str, Any]):
+    def __init__(self, world_size: int, runner_cls: type, runner_kwargs: dict[str, Any], topology: Any = None):
         self.world_size = world_size
         device = torch.device(runner_kwargs["device"])
-        init_method = f"tcp://127.0.0.1:{free_port()}"
+        multinode = topology is not None and topology.nnodes > 1
+        init_method = topology.init_method if multinode else f"tcp://127.0.0.1:{free_port()}"
+        local = topology.ranks_of(0) if multinode else list(range(world_size))
         ctx = mp.get_context("spawn")
         self._procs: list = []
         self._conns: list = []
-        for rank in range(1, world_size):
+        for rank in local[1:]:
             parent, child = ctx.Pipe()
             p = ctx.Process(
                 target=_worker_main,
@@ -155,6 +158,12 @@ class TPWorkers:
         self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns)
         atexit.register(self._finalizer)
         try:
+            if multinode:  # the other nodes' ranks connect here (vlkit/engine/cluster.py)
+                from vlkit.engine.cluster import accept_remote_ranks
+
+                for remote in accept_remote_ranks(topology, init_method, runner_cls, runner_kwargs, STARTUP_TIMEOUT_S):
+                    self._procs.append(remote)
+                    self._conns.append(remote.conn)
             init_tp(0, world_size, init_method, backend_for(device))
         except Exception as e:
             self.close()
@@ -219,3 +228,34 @@ class TPWorkers:
 
     def close(self) -> None:
         self._finalizer()
+
+
+def _remote_rank_main(rank: int, topology: Any, key: bytes, connect_timeout: float) -> None:
+    from vlkit.engine.cluster import connect_to_node0
+
+    conn, init_method, runner_cls, runner_kwargs = connect_to_node0(rank, topology, key, connect_timeout)
+    _worker_main(rank, topology.world_size, init_method, runner_cls, runner_kwargs, conn)
+
+
+def run_worker_node(topology: Any, connect_timeout: float = 600.0) -> int:
+    """On node ``k > 0`` of a multi-node TP group (:class:`vlkit.engine.cluster.Topology`): start
+    this node's ranks, connect them to node 0, and wait until they exit (when node 0's engine
+    stops or goes away). Returns 0, or 1 if a rank failed."""
+    from vlkit.engine.cluster import secret
+
+    if topology.node_rank == 0:
+        raise ValueError("node 0 runs the engine itself, not run_worker_node")
+    key = secret()
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_remote_rank_main, args=(rank, topology, key, connect_timeout),
+                         name=f"vlkit-tp-rank-{rank}", daemon=True) for rank in topology.ranks_of(topology.node_rank)]
+    with _without_main_reimport():
+        for p in procs:
+            p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+    return 0 if all(p.exitcode == 0 for p in procs) else 1
