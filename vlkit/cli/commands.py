@@ -1,4 +1,4 @@
-"""CLI commands that run models: ``run``, ``chat``, ``demo``, ``bench``.
+"""CLI commands that run models: ``run``, ``chat``, ``demo``, ``bench``, ``serve`` (``webui``: vlkit/cli/webui.py).
 
 Each adder registers one sub-command; heavy imports happen only when the command runs.
 """
@@ -241,7 +241,8 @@ def add_chat(sub: argparse._SubParsersAction) -> None:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlkit.cli.demo import run_demo
 
-    return run_demo(args.dir, family=args.family, prompt=args.prompt, max_new_tokens=args.max_new_tokens)
+    return run_demo(args.dir, family=args.family, prompt=args.prompt, max_new_tokens=args.max_new_tokens,
+                    webui=args.webui, host=args.host, port=args.port)
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
@@ -255,6 +256,9 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
                         "the first installed family)")
     p.add_argument("--prompt", default="Describe this image.")
     p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--webui", action="store_true", help="open the checkpoint in the chat page (vlkit[webui]) instead")
+    p.add_argument("--host", default="127.0.0.1", help="--webui: bind address")
+    p.add_argument("--port", type=int, default=7860, help="--webui: port")
     p.set_defaults(func=cmd_demo)
 
 

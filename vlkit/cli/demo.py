@@ -48,7 +48,9 @@ def pick_family(reg: Any, wanted: str | None) -> Any:
 
 
 def run_demo(directory: str | None = None, family: str | None = None, prompt: str = "Describe this image.",
-             max_new_tokens: int = 24) -> int:
+             max_new_tokens: int = 24, webui: bool = False, host: str = "127.0.0.1", port: int = 7860) -> int:
+    """Write the tiny checkpoint and run ``prompt`` with the bundled image through it; with
+    ``webui``, serve the chat page for it instead (until Ctrl-C)."""
     import vlkit
     from vlkit.contract.registry import get_registry
 
@@ -64,6 +66,8 @@ def run_demo(directory: str | None = None, family: str | None = None, prompt: st
     ckpt = fam.tiny_checkpoint(root / f"tiny-{family}")
     print(f"wrote tiny random-weight {family} checkpoint to {ckpt} ({time.perf_counter() - t0:.1f}s)")
     image = demo_image_path()
+    if webui:
+        return _demo_webui(ckpt, image, host, port, max_new_tokens)
     t0 = time.perf_counter()
     with vlkit.pipeline(str(ckpt)) as pipe:
         t1 = time.perf_counter()
@@ -74,3 +78,19 @@ def run_demo(directory: str | None = None, family: str | None = None, prompt: st
     print(f"response ({r.generate_token_len} tokens, finish_reason={r.finish_reason}): {r.text!r}")
     print(f"load {t1 - t0:.1f}s, generate {t2 - t1:.2f}s, {r.input_token_len} prompt tokens")
     return 0
+
+
+def _demo_webui(ckpt: Path, image: Path, host: str, port: int, max_new_tokens: int) -> int:
+    try:
+        import uvicorn  # noqa: F401
+
+        from vlkit.webui import create_local_app, serve_page
+    except ImportError as exc:
+        print(f"vlkit demo --webui: the web UI needs the webui extra: pip install 'vlkit[webui]' ({exc})")
+        return 2
+    import vlkit
+
+    with vlkit.pipeline(str(ckpt)) as pipe:
+        app = create_local_app(pipe, model_name=ckpt.name, max_new_tokens=max_new_tokens)
+        print(f"drop an image into the page (one to try: {image})")
+        return serve_page(app, host, port, f"chat page for the random-weight {ckpt.name}")

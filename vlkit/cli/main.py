@@ -120,9 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_command_adders() -> list[Any]:
-    from vlkit.cli import commands
+    from vlkit.cli import commands, webui
 
-    return commands.ADDERS
+    return [*commands.ADDERS, webui.add_webui]
 
 
 def _plugin_commands(sub: argparse._SubParsersAction) -> None:

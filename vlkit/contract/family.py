@@ -14,7 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelFamily", "lazy_factory", "template_file"]
+__all__ = ["RANDOM_WEIGHTS_MARKER", "ModelFamily", "is_random_weight_checkpoint", "lazy_factory", "template_file"]
+
+#: The file a tiny-checkpoint factory leaves in the checkpoint it writes, so that whatever loads it
+#: later (``vlkit webui``, ``/v1/models``) can say "random weights" instead of passing noise off as a model.
+RANDOM_WEIGHTS_MARKER = "VLKIT_RANDOM_WEIGHTS"
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,20 @@ def lazy_factory(target: str) -> Callable[..., Path]:
         raise ValueError(f"lazy_factory wants 'module:function', got {target!r}")
 
     def tiny_checkpoint(directory: str | os.PathLike[str], **options: Any) -> Path:
-        return getattr(importlib.import_module(module), attr)(directory, **options)
+        path = getattr(importlib.import_module(module), attr)(directory, **options)
+        if isinstance(path, (str, os.PathLike)) and Path(path).is_dir():
+            (Path(path) / RANDOM_WEIGHTS_MARKER).write_text(
+                f"This checkpoint was written by vlkit ({module}.{attr}) with RANDOM weights: "
+                "what it generates is noise.\n")
+        return path
 
     tiny_checkpoint.__name__ = tiny_checkpoint.__qualname__ = attr
     tiny_checkpoint.__doc__ = f"Write a tiny random-weight checkpoint ({module}.{attr})."
     return tiny_checkpoint
 
 
+
+
+def is_random_weight_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a checkpoint a tiny-checkpoint factory wrote (random weights)."""
+    return (Path(path) / RANDOM_WEIGHTS_MARKER).is_file()

@@ -23,6 +23,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 
 from vlkit.api.fetch import MediaPolicy
+from vlkit.contract.family import is_random_weight_checkpoint
 from vlkit.contract.messages import RawText
 from vlkit.serve.errors import APIError, bad_request
 from vlkit.serve.guard import Guard
@@ -153,7 +154,7 @@ def create_app(pipe: Any, config: ServerConfig | None = None) -> Any:
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [
             {"id": cfg.model_name, "object": "model", "created": int(app_started), "owned_by": "vlkit",
-             "root": str(pipe.model_path)}
+             "root": str(pipe.model_path), "vlkit": model_facts}
         ]}
 
     @app.get("/metrics")
@@ -296,6 +297,9 @@ def create_app(pipe: Any, config: ServerConfig | None = None) -> Any:
                          _CompletionShape(cfg.model_name, pipe.tokenizer, bool(opts and opts.include_usage)))
 
     app_started = time.time()
+    family = getattr(pipe, "family", None)
+    model_facts = {"family": getattr(family, "name", None),  # an extension field: clients ignore it
+                   "random_weights": is_random_weight_checkpoint(pipe.model_path)}
     return app
 
 

@@ -1,7 +1,7 @@
 """A vlkit server on a free local port, in a thread, for tests (needs the ``serve`` extra).
 
 ``with ThreadedServer(pipe, **server_config) as s:`` starts ``create_app(pipe, ServerConfig(...))``
-under uvicorn on 127.0.0.1; ``s.url`` is its address, ``s.app`` the ASGI app and ``s.client``
+under uvicorn on 127.0.0.1 (``app=``: any other ASGI app instead, e.g. the web UI's); ``s.url`` is its address, ``s.app`` the ASGI app and ``s.client``
 an ``openai.OpenAI`` client on it (when the ``openai`` package is installed).
 """
 
@@ -22,13 +22,14 @@ def free_port() -> int:
 
 
 class ThreadedServer:
-    def __init__(self, pipe: Any, model_name: str = "tiny", start_timeout: float = 30.0, **config: Any) -> None:
+    def __init__(self, pipe: Any, model_name: str = "tiny", start_timeout: float = 30.0, app: Any = None,
+                 **config: Any) -> None:
         import uvicorn
 
         from vlkit.serve import ServerConfig, create_app
 
         self.port = free_port()
-        self.app = create_app(pipe, ServerConfig(model_name=model_name, **config))
+        self.app = app if app is not None else create_app(pipe, ServerConfig(model_name=model_name, **config))
         self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="error"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
