@@ -110,6 +110,18 @@ def _pipeline(args: argparse.Namespace) -> Any:
     ctc = ChatTemplateConfig()
     if tpl:
         ctc = ChatTemplateConfig(chat_template=tpl) if tpl.endswith(".jinja") else ChatTemplateConfig(model_name=tpl)
+    return vlkit.pipeline(
+        args.model,
+        engine_config=EngineConfig(**_engine_kwargs(args)),
+        vision_config=VisionConfig(max_batch_size=args.vision_max_batch_size),
+        chat_template_config=ctc,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+    )
+
+
+def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The :class:`~vlkit.config.EngineConfig` fields the engine flags set."""
     extra: dict[str, Any] = {}
     if args.cache_max_entry_count is not None:
         extra["cache_max_entry_count"] = args.cache_max_entry_count
@@ -121,17 +133,9 @@ def _pipeline(args: argparse.Namespace) -> Any:
                          "--nnodes M --node-rank K ...` (docs/scaling.md)")
     if topo.nnodes > 1:
         extra.update(nnodes=topo.nnodes, master_addr=topo.master_addr, master_port=topo.master_port)
-    return vlkit.pipeline(
-        args.model,
-        engine_config=EngineConfig(
-            tp=args.tp, session_len=args.session_len, device=args.device, dtype=args.dtype, num_blocks=args.num_blocks,
-            quantization=args.quantization, quantization_group_size=args.quantization_group_size, **extra,
-        ),
-        vision_config=VisionConfig(max_batch_size=args.vision_max_batch_size),
-        chat_template_config=ctc,
-        revision=args.revision,
-        trust_remote_code=args.trust_remote_code,
-    )
+    return dict(tp=args.tp, session_len=args.session_len, device=args.device, dtype=args.dtype,
+                num_blocks=args.num_blocks, quantization=args.quantization,
+                quantization_group_size=args.quantization_group_size, **extra)
 
 
 def _prompt(text: str, images: list[str]) -> Any:
@@ -309,6 +313,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     held = _worker_node(args, "serve")
     if held is not None:
         return held
+    if args.replicas > 1 or args.ray_address:
+        return _serve_on_ray(args)
     from vlkit.api.fetch import MediaPolicy
 
     policy = MediaPolicy.server(
@@ -352,6 +358,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_on_ray(args: argparse.Namespace) -> int:
+    try:
+        import ray.serve  # noqa: F401
+
+        from vlkit.serve.ray import run_on_ray
+    except ImportError as exc:
+        print(f"vlkit serve: --replicas needs the ray extra: pip install 'vlkit[ray]' ({exc})", file=sys.stderr)
+        return 2
+    if args.chat_template or args.revision or args.trust_remote_code:
+        print("vlkit serve: --chat-template, --revision and --trust-remote-code are not passed to Ray replicas yet",
+              file=sys.stderr)
+        return 2
+    keys = [k for k in (args.api_keys or []) if k]
+    return run_on_ray(str(args.model), replicas=args.replicas, ray_address=args.ray_address, host=args.host,
+                      port=args.port, engine=_engine_kwargs(args),
+                      server={"model_name": args.model_name or str(args.model), "api_keys": keys,
+                              "max_concurrent_requests": args.max_concurrent_requests,
+                              "max_body_bytes": args.max_body_mb * 1024 * 1024},
+                      num_cpus=args.replica_cpus, num_gpus=args.replica_gpus)
+
+
 def add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="OpenAI-compatible HTTP server")
     p.add_argument("model", help="local checkpoint directory or hub id")
@@ -364,6 +391,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent-requests", type=int, default=256, help="more in flight get 429")
     p.add_argument("--max-body-mb", type=int, default=32, help="larger request bodies get 413")
     p.add_argument("--log-level", default="warning")
+    r = p.add_argument_group("replicas on Ray Serve (pip install 'vlkit[ray]'; docs/scaling.md)")
+    r.add_argument("--replicas", type=int, default=1, help="engines behind one endpoint, on Ray Serve")
+    r.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join (auto, or ray://host:10001); default with --replicas: a local Ray")
+    r.add_argument("--replica-cpus", type=float, default=None, help="Ray CPUs reserved per replica (default 1)")
+    r.add_argument("--replica-gpus", type=float, default=None, help="Ray GPUs reserved per replica")
     p.add_argument("--exit-on-engine-failure", action=argparse.BooleanOptionalAction, default=True,
                    help="exit (code 1) once the engine cannot serve, for a supervisor to restart (default: on)")
     m = p.add_argument_group("media (secure by default; see docs/serving.md)")

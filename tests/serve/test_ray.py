@@ -1,0 +1,126 @@
+"""Replicas on Ray Serve: a local Ray cluster, two replicas of a tiny LLaVA, all on loopback.
+
+One module-scoped cluster for every test here (Ray and two replicas take ~20 s to come up on
+2 cores), torn down at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from vlkit.testing.server import free_port
+
+ray = pytest.importorskip("ray")
+serve = pytest.importorskip("ray.serve")
+openai = pytest.importorskip("openai")
+
+
+@pytest.fixture(scope="module")
+def cluster(llava_dir):
+    from vlkit.serve.ray import build_app
+
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.run(build_app(str(llava_dir), replicas=2, engine={"num_blocks": 128, "device": "cpu"},
+                            server={"model_name": "tiny"}), name="vlkit", route_prefix="/")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def _client(url: str):
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=60)
+
+
+def _ask(client, i: int, stream: bool, session: str | None = None) -> tuple[str, str]:
+    """One chat request, run to its end; (replica id, text). Raises unless it finished."""
+    kw = {"extra_headers": {"serve_multiplexed_model_id": session}} if session else {}
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=[{"role": "user", "content": f"request {i}"}], max_tokens=6, temperature=0,
+        stream=stream, extra_body={"ignore_eos": True}, **kw)
+    replica = raw.headers["x-vlkit-replica"]
+    if stream:
+        chunks = [c for c in raw.parse() if c.choices]
+        text = "".join(c.choices[0].delta.content or "" for c in chunks)
+        finish = chunks[-1].choices[0].finish_reason
+    else:
+        choice = raw.parse().choices[0]
+        text, finish = choice.message.content, choice.finish_reason
+    assert finish == "length", f"request {i} ended with {finish!r}"
+    return replica, text
+
+
+def test_forty_requests_half_streaming_over_two_replicas(cluster):
+    client = _client(cluster)
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda i: _ask(client, i, stream=i % 2 == 0), range(40)))
+    assert len(results) == 40  # each one ran to max_tokens (_ask checks)
+    served = {replica for replica, _ in results}
+    assert len(served) == 2, f"one replica served everything: {served}"
+    # the same greedy request gives the same text whichever replica serves it, streamed or not
+    assert len({_ask(client, 7, stream=s)[1] for s in (False, True, False, True)}) == 1
+
+
+def test_a_session_sticks_to_one_replica(cluster):
+    client = _client(cluster)
+    for session in ("alice", "bob", "carol"):
+        _ask(client, 0, stream=False, session=session)  # the first turn places the session
+        time.sleep(0.5)
+        follow_ups = {_ask(client, turn, stream=turn % 2 == 0, session=session)[0] for turn in range(1, 6)}
+        assert len(follow_ups) == 1, f"session {session} moved between replicas: {follow_ups}"
+
+
+def test_a_killed_replica_is_replaced_and_the_other_keeps_serving(cluster):
+    r = httpx.post(f"{cluster}/v1/chat/completions", timeout=60,
+                   json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+    victim, pid = r.headers["x-vlkit-replica"], int(r.headers["x-vlkit-replica-pid"])
+    os.kill(pid, signal.SIGKILL)
+    client = _client(cluster)
+    ok, seen, deadline = 0, set(), time.time() + 120
+    while time.time() < deadline:
+        try:
+            replica, _ = _ask(client, ok, stream=False)
+        except openai.APIError:  # a request caught on the dead replica fails, as an HTTP error
+            ok = 0
+            continue
+        ok += 1
+        seen.add(replica)
+        if ok >= 5 and len(seen - {victim}) >= 2:  # the survivor and the replacement both serve
+            break
+        time.sleep(0.1)
+    assert ok >= 5, "the surviving replica did not keep serving"
+    assert victim not in seen, "requests still reached the killed replica"
+    assert len(seen) >= 2, f"the killed replica was not replaced: only {seen} served"
+
+
+def test_serve_run_builder_reads_key_value_args(llava_dir):
+    from vlkit.serve.ray import app
+
+    built = app({"model": str(llava_dir), "replicas": "3", "num_blocks": "64", "model_name": "m"})
+    dep = built._bound_deployment
+    assert dep.num_replicas == 3 and dep.name == "vlkit"
+    with pytest.raises(ValueError, match="unknown arguments"):
+        app({"model": "x", "no_such_option": "1"})
+    with pytest.raises(ValueError, match="needs model="):
+        app({"replicas": "2"})
+
+
+def test_cli_without_ray_says_which_extra(tmp_path, llava_dir):
+    """``vlkit serve --replicas 2`` where ray is missing: one line naming the extra."""
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "__init__.py").write_text("raise ImportError('No module named ray (test stub)')\n")
+    r = subprocess.run([sys.executable, "-m", "vlkit.cli", "serve", str(llava_dir), "--replicas", "2"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 2 and "vlkit[ray]" in r.stderr and "Traceback" not in r.stderr
