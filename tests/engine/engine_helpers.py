@@ -129,3 +129,20 @@ def hf_greedy(model, prompt: list[int], n: int) -> list[int]:
     with torch.inference_mode():
         out = model.generate(torch.tensor([prompt]), generation_config=gen)
     return out[0, len(prompt):].tolist()
+
+
+def assert_next_step_fails_with_dead_worker(eng, within_s: float = 30.0) -> None:
+    """A new request's steps raise :class:`WorkerDiedError`, within ``within_s`` seconds (no hang)."""
+    import time
+
+    import pytest
+
+    from vlkit.config import GenerationConfig
+    from vlkit.engine.workers import WorkerDiedError
+
+    eng.add_request("after-death", [5, 6, 7], GenerationConfig(max_new_tokens=4))
+    t = time.time()
+    with pytest.raises(WorkerDiedError):
+        while eng.has_unfinished():
+            eng.step()
+    assert time.time() - t < within_s

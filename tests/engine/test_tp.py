@@ -8,11 +8,10 @@ import signal
 import time
 
 import pytest
-from engine_helpers import prompts
+from engine_helpers import assert_next_step_fails_with_dead_worker, prompts
 
 from vlkit.config import EngineConfig, GenerationConfig
 from vlkit.engine import LLMEngine
-from vlkit.engine.workers import WorkerDiedError
 
 GEN = GenerationConfig(max_new_tokens=12, ignore_eos=True)
 
@@ -49,12 +48,7 @@ def test_dead_worker_surfaces_as_error(llama_path):
         (worker,) = eng.runner.workers.processes
         os.kill(worker.pid, signal.SIGKILL)
         worker.join(timeout=10)
-        eng.add_request("x", [5, 6, 7], GenerationConfig(max_new_tokens=4))
-        t = time.time()
-        with pytest.raises(WorkerDiedError):
-            while eng.has_unfinished():
-                eng.step()
-        assert time.time() - t < 30
+        assert_next_step_fails_with_dead_worker(eng)
     finally:
         eng.close()
     assert _alive_children() == []

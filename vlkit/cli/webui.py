@@ -8,13 +8,13 @@ import sys
 
 def cmd_webui(args: argparse.Namespace) -> int:
     try:
-        import fastapi  # noqa: F401
         import httpx  # noqa: F401
         import uvicorn  # noqa: F401
+
+        from vlkit.webui import create_local_app, create_remote_app, serve_page  # imports fastapi
     except ImportError as exc:
         print(f"vlkit webui: the web UI needs the webui extra: pip install 'vlkit[webui]' ({exc})", file=sys.stderr)
         return 2
-    from vlkit.webui import create_local_app, create_remote_app, serve_page
 
     if args.server:
         if args.model:

@@ -20,6 +20,7 @@ remote ranks exit when rank 0's connection closes.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import socket
@@ -31,6 +32,7 @@ from typing import Any
 __all__ = ["RemoteRank", "Topology", "accept_remote_ranks", "connect_to_node0", "secret"]
 
 SECRET_ENV = "VLKIT_TP_SECRET"
+logger = logging.getLogger("vlkit.engine")
 
 
 @dataclass(frozen=True)
@@ -185,9 +187,7 @@ def accept_remote_ranks(topology: Topology, init_method: str, runner_cls: type, 
                                    f"{topology.control_address[0]}:{topology.control_address[1]} in "
                                    f"{timeout:.0f}s") from None
             except Exception as exc:  # noqa: BLE001 - a peer without the secret: refuse it, keep waiting
-                import logging
-
-                logging.getLogger("vlkit.engine").warning("refused a tensor-parallel connection: %s", exc)
+                logger.warning("refused a tensor-parallel connection: %s", exc)
                 continue
             kind, rank = conn.recv()
             if kind != "hello" or rank not in want or rank in got:
