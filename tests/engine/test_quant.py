@@ -290,8 +290,13 @@ def test_roofline_bytes_are_what_the_quantized_engine_holds(llama_path, precisio
     with LLMEngine.from_pretrained(llama_path, EngineConfig(num_blocks=16, device="cpu", quantization=method,
                                                             quantization_group_size=64)) as eng:
         rep = eng.runner.quant_report
+        impls = {qw.impl for m in eng.runner.model.modules() if hasattr(qw := getattr(m, "packed_weight", None), "impl")}
         norms = 2 * lm["hidden_size"] * lm["num_hidden_layers"] * 2
-        assert weight_bytes(lm, precision, group=64) - norms == pytest.approx(rep.bytes_after, rel=0.02)
+        # weight_bytes counts vlkit's int4 layout (fp32 scales, and zeros when asymmetric); where
+        # PyTorch's int4 kernel runs instead (no AVX512-BF16) both are one bf16 (scale, zero) pair
+        # a group, which is the symmetric figure
+        counted = "int4" if precision == "int4-asym" and impls == {"torch"} else precision
+        assert weight_bytes(lm, counted, group=64) - norms == pytest.approx(rep.bytes_after, rel=0.02)
 
 
 @needs_vlkit_int4
