@@ -4,6 +4,12 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run on CPU tensors only in its interpreter, which must be chosen before
+    # triton is first imported (vlkit.kernels.paged_decode); subprocesses inherit it
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -71,6 +71,8 @@ class GenerationConfig:
 
 # EngineConfig.quantization's values (vlkit.layers.quant.QUANT_METHODS; kept here: no torch import)
 QUANTIZATION_METHODS = ("int8", "int4", "int4-asym")
+# EngineConfig.attention_backend's values (vlkit.layers.attention.ATTENTION_BACKENDS)
+ATTENTION_BACKENDS = ("auto", "sdpa", "triton", "flash-attn")
 
 
 @dataclass
@@ -92,7 +94,13 @@ class EngineConfig:
         device: ``"auto"`` (CUDA if present, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         dtype: ``"auto"`` (bf16 on CUDA where supported, else fp32), ``"float32"``,
             ``"float16"``, ``"bfloat16"``.
-        enforce_eager: never capture CUDA graphs.
+        enforce_eager: never capture CUDA graphs (by default decode steps of up to
+            ``cuda_graph_max_batch`` sequences replay graphs captured at start-up, on CUDA with a
+            graph-safe attention backend: ``vlkit.engine.cuda_graph``).
+        cuda_graph_max_batch: largest decode batch captured (also capped by ``max_batch_size``).
+        attention_backend: decode attention over the paged cache: ``"auto"`` (flash-attn on CUDA
+            where installed and ``block_size % 256 == 0``, else the Triton kernel on CUDA, else
+            SDPA), ``"sdpa"``, ``"triton"`` or ``"flash-attn"`` (``vlkit.layers.attention``).
         num_threads: torch intra-op threads on CPU (``None``: torch's default).
         quantization: weight-only quantization of the language model's linear layers (QKV, O,
             gate/up, down) and LM head, round-to-nearest at load time on each tensor-parallel
@@ -124,6 +132,8 @@ class EngineConfig:
     device: str = "auto"
     dtype: str = "auto"
     enforce_eager: bool = False
+    cuda_graph_max_batch: int = 256
+    attention_backend: str = "auto"
     num_threads: int | None = None
     quantization: str | None = None
     quantization_group_size: int = 128
@@ -150,6 +160,11 @@ class EngineConfig:
             raise ValueError(
                 f"EngineConfig.dtype must be auto/float32/float16/bfloat16, got {self.dtype!r}"
             )
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"EngineConfig.attention_backend must be one of {', '.join(ATTENTION_BACKENDS)}, "
+                             f"got {self.attention_backend!r}")
+        if self.cuda_graph_max_batch < 1:
+            raise ValueError(f"EngineConfig.cuda_graph_max_batch must be >= 1, got {self.cuda_graph_max_batch}")
         if self.quantization is not None and self.quantization not in QUANTIZATION_METHODS:
             raise ValueError(
                 f"EngineConfig.quantization must be one of {', '.join(QUANTIZATION_METHODS)} or None, "

@@ -146,3 +146,22 @@ def assert_next_step_fails_with_dead_worker(eng, within_s: float = 30.0) -> None
         while eng.has_unfinished():
             eng.step()
     assert time.time() - t < within_s
+
+
+def paged_decode_reference(q, cache, tables, lens, scale):
+    """Decode attention of ``q`` ``[B, heads, D]`` over each sequence's paged context, one SDPA
+    per sequence in fp32 (the reference for vlkit.kernels.paged_decode)."""
+    import torch.nn.functional as F
+
+    out = torch.zeros_like(q)
+    bs, kvh, d = cache.shape[2], cache.shape[3], cache.shape[4]
+    for i, n in enumerate(lens.tolist()):
+        if n == 0:
+            continue
+        p = torch.arange(n)
+        slots = tables[i].long()[p // bs] * bs + p % bs
+        k = cache[0].reshape(-1, kvh, d)[slots].transpose(0, 1)[None].float()
+        v = cache[1].reshape(-1, kvh, d)[slots].transpose(0, 1)[None].float()
+        o = F.scaled_dot_product_attention(q[i].float()[None, :, None], k, v, scale=scale, enable_gqa=True)
+        out[i] = o[0, :, 0].to(q.dtype)
+    return out

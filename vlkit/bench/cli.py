@@ -4,7 +4,8 @@
 at that precision and HF at the matching dtype; ``w5`` is a real-size small LLaVA at 1 and 8
 concurrent requests (:mod:`vlkit.bench.w5`); ``accuracy`` measures each precision's agreement with fp32
 (:mod:`vlkit.bench.accuracy`). ``python -m vlkit.bench.cli`` takes the same arguments as
-``vlkit bench``.
+``vlkit bench``. ``gpu`` runs W1 and a 7B-shaped LLaVA on CUDA against HF in bf16, with the decode
+step against the HBM roofline (:mod:`vlkit.bench.gpu`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,14 @@ def run_cli(args: argparse.Namespace) -> int:
               f"{', '.join(PRECISION_CHOICES)}; got {args.precision!r}", file=sys.stderr)
         return 2
     precision = precisions[0]
+    if workload == "gpu":
+        from vlkit.bench import gpu
+
+        if getattr(args, "requests", None) is None:
+            args.requests = 64
+        return gpu.run_cli(args)
+    if getattr(args, "requests", None) is None:
+        args.requests = 16
     if getattr(args, "new_tokens", None) is None:
         args.new_tokens = 128 if workload == "w5" else 64
     output = Path(args.output) if args.output else Path(f"bench-{workload}-{time.strftime('%Y%m%d-%H%M%S')}.json")
@@ -122,13 +131,14 @@ def run_cli(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``vlkit bench``'s arguments (the CLI's subcommand and ``python -m vlkit.bench.cli``)."""
     p.add_argument("workload", nargs="?", default="w1", help="w1 (LLaVA W1), w1-text (its language model alone), "
+                   "gpu (W1 and a 7B-shaped LLaVA on CUDA against HF, bf16), "
                    "w2 (multi-turn), w3 (vision encoder batching), w4 (scaling with load), w5 (a real-size small "
                    "LLaVA, memory-bound), accuracy (each precision against fp32), or a plugin's (mobilevlm)")
     p.add_argument("--precision", default=None, help="vlkit's precision: " + ", ".join(PRECISION_CHOICES)
                    + " (int*: weight-only, bf16 activations); HF runs at the matching dtype. w5 takes a "
                    "comma-separated list (default fp32,bf16,int8,int4)")
-    p.add_argument("--requests", type=int, default=16)
-    p.add_argument("--new-tokens", type=int, default=None, help="new tokens a request (64; w5: 128)")
+    p.add_argument("--requests", type=int, default=None, help="requests (16; gpu: 64)")
+    p.add_argument("--new-tokens", type=int, default=None, help="new tokens a request (64; w5, gpu: 128)")
     p.add_argument("--concurrency", default="1,8", help="w5: concurrent requests, comma-separated")
     p.add_argument("--repeats", type=int, default=None, help="alternated rounds, best kept (w5: 2, w1: 1)")
     p.add_argument("--peers", default="hf", help="w1, w5: comma-separated peers, hf and/or openvino")
@@ -138,6 +148,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", default=None, help="write the JSON record here (and a PNG next to it)")
     p.add_argument("--skip-hf", action="store_true", help="measure vlkit only")
     p.add_argument("--skip-hf-sequential", action="store_true", help="w1: skip HF one request at a time")
+    g = p.add_argument_group("gpu (vlkit bench gpu: vlkit against HF generate batched, bf16, on CUDA)")
+    g.add_argument("--workloads", default=None, help="comma-separated: w1, llava-7b (the default: both), tiny")
+    g.add_argument("--output-dir", default=None, help="where gpu-<workload>.json go (default: .)")
+    g.add_argument("--enforce-eager", action="store_true", help="vlkit without CUDA graphs")
+    g.add_argument("--attention-backend", default=None, choices=["auto", "sdpa", "triton", "flash-attn"])
+    g.add_argument("--allow-cpu", action="store_true", help="run on the CPU (to test the command)")
 
 
 def main(argv: list[str] | None = None) -> int:

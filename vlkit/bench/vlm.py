@@ -26,6 +26,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +58,10 @@ def write_w1_llava(directory: str | Path) -> Path:
 
 
 def run_vlkit(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, track_kv: bool = False,
-              **engine: Any) -> dict[str, Any]:
+              after: Callable[[Any], dict[str, Any]] | None = None, **engine: Any) -> dict[str, Any]:
     """vlkit on W1's requests; ``track_kv`` also reports the peak KV cache in use (the block
-    manager's high-water mark over the timed run)."""
+    manager's high-water mark over the timed run); ``after(pipe)``, run on the pipeline's loop
+    thread once the timed run is over, adds its own figures to the result."""
     import vlkit
     from vlkit.bench.text import _peak_rss_mb
 
@@ -88,6 +90,7 @@ def run_vlkit(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, track_
         block_bytes = sum(c[:, 0].numel() * c.element_size() for c in pipe.engine.runner.kv_caches)
         block_size = pipe.engine.engine_config.block_size
         session_len = pipe.engine.session_len
+        added = pipe._loop.call(lambda: after(pipe)) if after is not None else {}
     ttft = sorted(first.values())
     decode_s = (elapsed - max(ttft)) / max(1, new_tokens - 1)
     return {
@@ -99,6 +102,7 @@ def run_vlkit(path: Path, reqs: list[tuple[str, bytes]], new_tokens: int, track_
             "kv_peak_used_mb": peak_blocks * block_bytes / 1e6,
             "kv_session_len_reservation_mb": len(reqs) * session_len / block_size * block_bytes / 1e6,
             "session_len": session_len} if track_kv else {}),
+        **added,
     }
 
 
@@ -112,7 +116,10 @@ def _hf_model(path: Path, dtype: Any = None) -> tuple[Any, Any]:
     import torch
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    model = LlavaForConditionalGeneration.from_pretrained(str(path), dtype=dtype or torch.float32).to(_device()).eval()
+    dev = _device()
+    model = LlavaForConditionalGeneration.from_pretrained(  # straight onto the GPU where there is one
+        str(path), dtype=dtype or torch.float32, attn_implementation="sdpa", device_map=dev if dev == "cuda" else None,
+    ).to(dev).eval()
     proc = AutoProcessor.from_pretrained(str(path))
     return model, proc
 

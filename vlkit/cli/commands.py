@@ -27,6 +27,9 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                         "load (int8: per channel; int4: group-wise symmetric; int4-asym: with zero points); "
                         "on CPU the LM then runs in bf16")
     g.add_argument("--quantization-group-size", type=int, default=128, help="int4 group size, a power of two >= 32")
+    g.add_argument("--attention-backend", default="auto", choices=["auto", "sdpa", "triton", "flash-attn"],
+                   help="decode attention over the paged KV cache (auto: flash-attn or Triton on CUDA, SDPA on CPU)")
+    g.add_argument("--enforce-eager", action="store_true", help="never capture CUDA graphs for decode steps")
     g.add_argument("--revision", default=None, help="branch, tag or commit of a hub id")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="let code shipped with the checkpoint run (never needed by the bundled families)")
@@ -135,7 +138,8 @@ def _engine_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         extra.update(nnodes=topo.nnodes, master_addr=topo.master_addr, master_port=topo.master_port)
     return dict(tp=args.tp, session_len=args.session_len, device=args.device, dtype=args.dtype,
                 num_blocks=args.num_blocks, quantization=args.quantization,
-                quantization_group_size=args.quantization_group_size, **extra)
+                quantization_group_size=args.quantization_group_size, attention_backend=args.attention_backend,
+                enforce_eager=args.enforce_eager, **extra)
 
 
 def _prompt(text: str, images: list[str]) -> Any:

@@ -105,6 +105,9 @@ class LLMEngine:
             num_threads=cfg.num_threads,
             quantization=cfg.quantization,
             quantization_group_size=cfg.quantization_group_size,
+            attention_backend=cfg.attention_backend,
+            cuda_graph_max_batch=0 if cfg.enforce_eager else min(cfg.max_batch_size, cfg.cuda_graph_max_batch),
+            max_model_len=self.session_len,
             topology=None if cfg.nnodes == 1 else Topology(world_size=cfg.tp, nnodes=cfg.nnodes,
                                                            master_addr=cfg.master_addr, master_port=cfg.master_port),
         )

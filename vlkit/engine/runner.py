@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 
+from vlkit.engine.cuda_graph import DecodeGraphs, emulating
 from vlkit.engine.kv_cache import allocate_kv_cache, free_device_bytes
 from vlkit.engine.loader import load_backbone
 from vlkit.engine.sequence import ScheduledChunk, Sequence
-from vlkit.layers.attention import AttentionContext, PrefillChunk, flash_decode_available
+from vlkit.layers.attention import AttentionContext, PrefillChunk, resolve_backend
 from vlkit.layers.linear import prepack_linears
 from vlkit.models.spec import LanguageModelSpec
 
@@ -88,6 +89,11 @@ class ModelRunner:
             fp32 ``dtype`` becomes bf16 for the whole language model (``self.dtype``, KV cache
             included): the int kernels only pay with bf16 activations, and casting around each
             quantized matmul in an otherwise fp32 model measured slower (docs/benchmarks.md).
+        attention_backend: decode attention (:func:`vlkit.layers.attention.resolve_backend`).
+        cuda_graph_max_batch: capture decode graphs up to this batch (0: never;
+            :mod:`vlkit.engine.cuda_graph`); only on CUDA (or emulated, for tests) with the
+            ``"triton"`` or ``"flash-attn"`` backend.
+        max_model_len: longest sequence, which sizes the graphs' block tables and rotary tables.
     """
 
     def __init__(
@@ -101,6 +107,9 @@ class ModelRunner:
         num_threads: int | None = None,
         quantization: str | None = None,
         quantization_group_size: int = 128,
+        attention_backend: str = "auto",
+        cuda_graph_max_batch: int = 0,
+        max_model_len: int = 4096,
         topology: Any = None,
     ):
         self.spec = spec
@@ -127,6 +136,11 @@ class ModelRunner:
                             quantization)
             self.dtype = torch.bfloat16
         self.block_size = block_size
+        self.attention_backend = resolve_backend(attention_backend, self.device, block_size)
+        graph_ok = self.attention_backend in ("triton", "flash-attn") and (self.device.type == "cuda" or emulating())
+        self.cuda_graph_max_batch = cuda_graph_max_batch if graph_ok else 0
+        self.max_model_len = max_model_len
+        self.graphs: DecodeGraphs | None = None
         self.rank, self.world_size = rank, world_size
         self.workers = None
         if rank == 0 and world_size > 1:
@@ -141,6 +155,9 @@ class ModelRunner:
                 num_threads=num_threads,
                 quantization=quantization,
                 quantization_group_size=quantization_group_size,
+                attention_backend=self.attention_backend,
+                cuda_graph_max_batch=self.cuda_graph_max_batch,
+                max_model_len=max_model_len,
             )
             self.workers = TPWorkers(world_size, ModelRunner, {**kwargs, "rank": 0}, topology=topology)
             # each worker gets its own rank through _worker_main -> ModelRunner(rank=...)
@@ -234,13 +251,21 @@ class ModelRunner:
         return min([self.memory_report(), *self.worker_memory])
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
+        """Allocate ``num_blocks`` usable blocks per layer (plus, with decode graphs, one scratch
+        block the padding rows write to), then capture the decode graphs."""
         m = self.model
+        extra = 1 if self.cuda_graph_max_batch else 0
         self.kv_caches = allocate_kv_cache(
-            m.num_layers, num_blocks, self.block_size, m.num_kv_heads, m.head_dim, self.dtype, self.device
+            m.num_layers, num_blocks + extra, self.block_size, m.num_kv_heads, m.head_dim, self.dtype, self.device
         )
         self.num_blocks = num_blocks
         if self.workers:
             self.workers.send("kv_cache", num_blocks)
+        if self.cuda_graph_max_batch:
+            self.graphs = DecodeGraphs(self.model, self.kv_caches, self.attention_backend, self.cuda_graph_max_batch,
+                                       -(-self.max_model_len // self.block_size), emulate=self.device.type != "cuda")
+            self.graphs.capture(self.max_model_len)
+        if self.workers:
             self.workers.wait("ready")
 
     # -- inputs ---------------------------------------------------------------------------
@@ -355,7 +380,8 @@ class ModelRunner:
     def _context(self, inp: StepInputs, decode_kv_valid: bool = False) -> AttentionContext:
         dev = self.device
         bs = self.block_size
-        ctx = AttentionContext(kv_caches=self.kv_caches, slot_mapping=inp.slot_mapping.to(dev))
+        ctx = AttentionContext(kv_caches=self.kv_caches, slot_mapping=inp.slot_mapping.to(dev),
+                               backend=self.attention_backend)
         n = inp.num_single
         if n:
             ctx.num_single = n
@@ -363,15 +389,16 @@ class ModelRunner:
             lens = inp.single_context_lens.to(dev)
             ctx.single_context_lens = lens
             width = inp.single_block_tables.shape[1] * bs
-            if not flash_decode_available(self.kv_caches[0]) and self._decode_context(
+            if self.attention_backend == "sdpa" and self._decode_context(
                 ctx, inp, inp.decode_reuse and decode_kv_valid
             ):
                 width = ctx.decode_width
-            # additive mask, made once per step (SDPA would convert a bool one in every layer)
-            valid = torch.arange(width, device=dev)[None, :] < lens[:, None]
-            ctx.single_mask = torch.zeros(valid.shape, dtype=self.dtype, device=dev).masked_fill_(
-                ~valid, float("-inf")
-            )[:, None, None, :]
+            if self.attention_backend == "sdpa":
+                # additive mask, made once per step (SDPA would convert a bool one in every layer)
+                valid = torch.arange(width, device=dev)[None, :] < lens[:, None]
+                ctx.single_mask = torch.zeros(valid.shape, dtype=self.dtype, device=dev).masked_fill_(
+                    ~valid, float("-inf")
+                )[:, None, None, :]
         for start, length, context_len, bt in inp.prefills:
             mask = None
             if context_len > length:
@@ -412,6 +439,11 @@ class ModelRunner:
             for c in self.kv_caches:
                 c.index_fill_(1, idx, 0)
         valid, self._decode_kv_valid = self._decode_kv_valid, False  # stays False if this step fails
+        if self.graphs is not None and self.graphs.can_run(inp):
+            logits = self.graphs.run(inp)
+            if logits is None or inp.logits_indices.numel() == 0:
+                return None
+            return logits[inp.logits_indices.to(dev)].float()
         ctx = self._context(inp, valid)
         x = self.model.embed_tokens(inp.input_ids.to(dev))
         for off, emb in inp.embeddings:

@@ -12,9 +12,17 @@ KV cache layout, one tensor per layer: ``[2, num_blocks, block_size, num_kv_head
 (``[0]`` keys, ``[1]`` values); token ``p`` of a sequence lives in slot
 ``block_table[p // block_size] * block_size + p % block_size``.
 
-With ``flash_attn`` importable and the cache on CUDA, :func:`paged_attention` uses its
-``flash_attn_with_kvcache`` / ``flash_attn_varlen_func`` kernels instead (flash-attn's paged
-kernel needs ``block_size`` to be a multiple of 256).
+Decode backends (:attr:`AttentionContext.backend`, chosen once by :func:`resolve_backend`):
+
+- ``"sdpa"``: the gathered-KV SDPA path above (CPU, and anywhere else as the fallback);
+- ``"triton"``: :func:`vlkit.kernels.paged_decode.paged_decode_attention`, a Triton kernel that
+  reads the blocks in place (any ``block_size``, GQA-aware, one launch per layer whatever the
+  context lengths, so it can be captured in a CUDA graph); the default on CUDA;
+- ``"flash-attn"``: ``flash_attn_with_kvcache`` / ``flash_attn_varlen_func`` where flash-attn is
+  installed and ``block_size`` is a multiple of 256 (its paged kernel needs that).
+
+Prefill chunks always run through SDPA (on CUDA its flash / memory-efficient kernels), except
+under ``"flash-attn"``.
 """
 
 from __future__ import annotations
@@ -23,6 +31,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+
+from vlkit.config import ATTENTION_BACKENDS
+from vlkit.kernels import paged_decode
 
 try:  # optional CUDA kernels
     from flash_attn import flash_attn_varlen_func, flash_attn_with_kvcache  # type: ignore
@@ -80,11 +91,31 @@ class AttentionContext:
     decode_block_tables: torch.Tensor | None = None
     decode_write_idx: torch.Tensor | None = None
     decode_width: int = 0
+    backend: str = "sdpa"
 
 
-def flash_decode_available(cache: torch.Tensor) -> bool:
-    """Whether :func:`paged_attention` runs decodes through flash-attn's paged kernel."""
-    return flash_attn_with_kvcache is not None and cache.is_cuda and cache.shape[2] % 256 == 0
+def resolve_backend(name: str, device: torch.device, block_size: int) -> str:
+    """The decode backend ``name`` (one of :data:`ATTENTION_BACKENDS`) means on ``device``.
+
+    ``"auto"`` is flash-attn on CUDA where it is installed and ``block_size % 256 == 0``, else
+    Triton on CUDA where it is installed, else SDPA. Asking for a backend that cannot run here
+    raises ``ValueError`` naming what is missing. ``"triton"`` on CPU runs Triton's interpreter
+    (tests only; it needs ``TRITON_INTERPRET=1``).
+    """
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"attention backend must be one of {', '.join(ATTENTION_BACKENDS)}, got {name!r}")
+    cuda = device.type == "cuda"
+    flash_ok = flash_attn_with_kvcache is not None and cuda and block_size % 256 == 0
+    if name == "auto":
+        if flash_ok:
+            return "flash-attn"
+        return "triton" if cuda and paged_decode.available() else "sdpa"
+    if name == "flash-attn" and not flash_ok:
+        raise ValueError("attention backend 'flash-attn' needs flash_attn installed, a CUDA device and a "
+                         f"block_size that is a multiple of 256 (got {block_size})")
+    if name == "triton" and not paged_decode.available():
+        raise ValueError("attention backend 'triton' needs triton installed (pip install triton)")
+    return name
 
 
 def write_kv(cache: torch.Tensor, slots: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -109,11 +140,14 @@ def paged_attention(
     """
     cache = ctx.kv_caches[layer_idx]
     write_kv(cache, ctx.slot_mapping, k, v)
-    if flash_decode_available(cache):
+    if ctx.backend == "flash-attn":
         return _flash_attention(q, k, v, ctx, cache, scale)
     out = torch.empty_like(q)
     n = ctx.num_single
-    if n and ctx.decode_kv is not None:
+    if n and ctx.backend == "triton":
+        paged_decode.paged_decode_attention(q[:n], cache, ctx.single_block_tables, ctx.single_context_lens,
+                                            scale, out=out[:n])
+    elif n and ctx.decode_kv is not None:
         buf = ctx.decode_kv[layer_idx]  # [2, n, kvh, cap, D]
         kvh, d = buf.shape[2], buf.shape[4]
         if ctx.decode_rebuild:

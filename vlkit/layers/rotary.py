@@ -141,7 +141,10 @@ class RotaryEmbedding(nn.Module):
             self._long = self._table(self.long_inv_freq, n)
 
     def _tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        need = int(positions.max()) + 1 if positions.numel() else 1
+        # inside a CUDA graph capture nothing may sync with the host: the tables were built up
+        # to the longest sequence before capture (vlkit.engine.cuda_graph)
+        capturing = positions.is_cuda and torch.cuda.is_current_stream_capturing()
+        need = int(positions.max()) + 1 if positions.numel() and not capturing else 1
         if need > self._cos.shape[0]:
             self._build(max(need, 2 * self._cos.shape[0]))
         if self._cos.device != positions.device:
