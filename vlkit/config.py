@@ -225,6 +225,13 @@ class ChatTemplateConfig:
     chat_template: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_option(cls, value: str | None) -> ChatTemplateConfig:
+        """What ``--chat-template VALUE`` means: a ``.jinja`` path, else a template name."""
+        if not value:
+            return cls()
+        return cls(chat_template=value) if value.endswith(".jinja") else cls(model_name=value)
+
 
 # lmdeploy users write these names.
 PytorchEngineConfig = EngineConfig

@@ -21,11 +21,12 @@ def test_serve_replicas_from_the_cli(llava_dir):
                              "--port", str(port), "--num-blocks", "64", "--model-name", "tiny"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        replicas, deadline = set(), time.time() + 180
+        replicas, deadline, i = set(), time.time() + 180, 0
         while time.time() < deadline and len(replicas) < 2:
+            i += 1  # each its own conversation: the router places a conversation by its opening
             try:
                 r = httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", timeout=30, json={
-                    "model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
+                    "model": "tiny", "messages": [{"role": "user", "content": f"hi {i}"}], "max_tokens": 2})
             except httpx.HTTPError:
                 time.sleep(0.5)
                 continue

@@ -109,15 +109,11 @@ def _pipeline(args: argparse.Namespace) -> Any:
     import vlkit
     from vlkit.config import ChatTemplateConfig, EngineConfig, VisionConfig
 
-    tpl = args.chat_template
-    ctc = ChatTemplateConfig()
-    if tpl:
-        ctc = ChatTemplateConfig(chat_template=tpl) if tpl.endswith(".jinja") else ChatTemplateConfig(model_name=tpl)
     return vlkit.pipeline(
         args.model,
         engine_config=EngineConfig(**_engine_kwargs(args)),
         vision_config=VisionConfig(max_batch_size=args.vision_max_batch_size),
-        chat_template_config=ctc,
+        chat_template_config=ChatTemplateConfig.from_option(args.chat_template),
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
     )
@@ -370,16 +366,15 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
     except ImportError as exc:
         print(f"vlkit serve: --replicas needs the ray extra: pip install 'vlkit[ray]' ({exc})", file=sys.stderr)
         return 2
-    if args.chat_template or args.revision or args.trust_remote_code:
-        print("vlkit serve: --chat-template, --revision and --trust-remote-code are not passed to Ray replicas yet",
-              file=sys.stderr)
-        return 2
     keys = [k for k in (args.api_keys or []) if k]
     return run_on_ray(str(args.model), replicas=args.replicas, ray_address=args.ray_address, host=args.host,
                       port=args.port, engine=_engine_kwargs(args),
                       server={"model_name": args.model_name or str(args.model), "api_keys": keys,
                               "max_concurrent_requests": args.max_concurrent_requests,
                               "max_body_bytes": args.max_body_mb * 1024 * 1024},
+                      pipeline={"revision": args.revision, "trust_remote_code": args.trust_remote_code,
+                                "chat_template": args.chat_template,
+                                "vision_max_batch_size": args.vision_max_batch_size},
                       num_cpus=args.replica_cpus, num_gpus=args.replica_gpus)
 
 

@@ -1,13 +1,22 @@
 """vlkit on Ray Serve: ``N`` engines behind one OpenAI endpoint (the ``ray`` extra).
 
-Each Ray Serve replica builds its own pipeline and serves vlkit's OpenAI app
-(:func:`vlkit.serve.create_app`) as the deployment's ASGI ingress, so the API, its errors and
-its limits are the same as ``vlkit serve``'s; Ray Serve's HTTP proxy balances requests over the
-replicas, health-checks them and restarts one that dies (its in-flight requests fail; the other
-replicas keep serving). Every response carries ``x-vlkit-replica`` (the replica's id) and
-``x-vlkit-replica-pid``. A chat session that sends the same ``serve_multiplexed_model_id`` header
-on every turn (Ray Serve's routing key) sticks to one replica, the one holding its cached
-prefix and image features.
+Two deployments (vLLM's Ray Serve LLM has the same shape: a router in front of the engines):
+
+- **engines** (``vlkit``, ``replicas`` of them, or autoscaled): each builds its own pipeline and
+  runs vlkit's OpenAI app (:func:`vlkit.serve.create_app`) in-process, so the API, its errors and
+  its limits are ``vlkit serve``'s; Ray Serve health-checks them (an engine that can no longer
+  serve fails its check) and restarts one that dies.
+- **the router** (``vlkit-router``, the HTTP ingress): reads each request, picks its
+  *cache-affinity key* (:func:`routing_key`: the ``serve_multiplexed_model_id`` header, else the
+  OpenAI ``user`` field, else the first image, else the conversation's opening messages) and
+  forwards it through a deployment handle with that key as Ray Serve's multiplexed model id. Ray
+  Serve sends a key's requests to the replica that already "holds" it (the one with its prefix
+  blocks and image features cached), falling back to its default balancing when that replica is
+  busy. Responses stream back unchanged and carry ``x-vlkit-replica`` / ``x-vlkit-replica-pid``.
+  A replica that dies mid-request gives an OpenAI-shaped 503 (``code: "replica_unavailable"``;
+  inside an SSE stream, a final ``data: {"error": ...}`` event). ``GET /metrics`` is every live
+  replica's exposition, each sample labelled ``replica="<id>"`` (replicas push theirs to a small
+  named actor every second; one silent for 10 s drops out).
 
 Three ways to run it:
 
@@ -18,12 +27,26 @@ Three ways to run it:
 - a Serve config file naming ``import_path: vlkit.serve.ray:app`` with ``args:`` (docs/scaling.md).
 """
 
-from __future__ import annotations
+# no ``from __future__ import annotations`` here: FastAPI reads the router's parameter types from
+# the live annotations, and its classes are imported inside the function that defines the router
 
+import asyncio
+import hashlib
+import json
 import os
+import re
+import threading
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
-__all__ = ["ReplicaHeaders", "app", "build_app", "run_on_ray"]
+__all__ = ["ReplicaHeaders", "app", "build_app", "merge_metrics", "routing_key", "run_on_ray"]
+
+#: the header a client may set to name its session itself (Ray Serve's multiplexing header)
+SESSION_HEADER = "serve_multiplexed_model_id"
+#: how often a replica pushes its metrics, and how long the router keeps a silent replica's
+METRICS_PUSH_S = 1.0
+METRICS_MAX_AGE_S = 10.0
 
 
 class ReplicaHeaders:
@@ -50,15 +73,74 @@ class ReplicaHeaders:
         await self.app(scope, receive, tagged)
 
 
+# -- routing ---------------------------------------------------------------------------------
+def _digest(value: Any) -> str:
+    raw = value if isinstance(value, bytes) else json.dumps(value, sort_keys=True, ensure_ascii=False).encode()
+    return hashlib.sha256(raw).hexdigest()[:20]
+
+
+def _first_image(messages: list[Any]) -> str | None:
+    for m in messages:
+        content = m.get("content") if isinstance(m, dict) else None
+        for part in content if isinstance(content, list) else ():
+            if not isinstance(part, dict) or part.get("type") not in ("image_url", "input_image", "image"):
+                continue
+            ref = part.get("image_url", part.get("image"))
+            url = ref.get("url") if isinstance(ref, dict) else ref
+            if isinstance(url, str) and url:
+                return url
+    return None
+
+
+def routing_key(path: str, headers: dict[str, str], body: bytes) -> str | None:
+    """The cache-affinity key of one OpenAI request, or None (any replica will do).
+
+    In order: the ``serve_multiplexed_model_id`` header (a client naming its session); the
+    request's ``user`` field; for chat, the first image of the conversation (every later turn
+    repeats it, and its features are cached where it was first encoded), else the opening
+    messages up to and including the first user message (the prefix every later turn shares);
+    for completions, the first 512 characters of the prompt. Keys are hashed, never echoed.
+    """
+    explicit = headers.get(SESSION_HEADER)
+    if explicit:
+        return f"session-{_digest(explicit.encode())}"
+    if not path.endswith("/completions"):
+        return None
+    try:
+        req = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(req, dict):
+        return None
+    user = req.get("user")
+    if isinstance(user, str) and user:
+        return f"user-{_digest(user.encode())}"
+    messages = req.get("messages")
+    if isinstance(messages, list) and messages:
+        image = _first_image(messages)
+        if image is not None:
+            return f"image-{_digest(image.encode())}"
+        opening = []
+        for m in messages:
+            opening.append(m)
+            if isinstance(m, dict) and m.get("role") == "user":
+                break
+        return f"prefix-{_digest(opening)}"
+    prompt = req.get("prompt")
+    if isinstance(prompt, str) and prompt:
+        return f"prefix-{_digest(prompt[:512].encode())}"
+    return None
+
+
 #: sessions one replica remembers for routing (LRU beyond this)
 SESSIONS_PER_REPLICA = 4096
 
 
 def _session_affinity() -> Any:
-    """Ray Serve routes a request whose ``serve_multiplexed_model_id`` header names a "model" to
-    a replica that has loaded it (falling back to its default balancing when those replicas are
-    busy). vlkit "loads" the session id, which costs nothing, so a chat session that sends the
-    same id on every turn lands on the replica holding its prefix blocks and image features."""
+    """Ray Serve routes a request whose multiplexed model id names a "model" to a replica that
+    has loaded it (falling back to its default balancing when those replicas are busy). vlkit
+    "loads" the routing key, which costs nothing, so the requests of one key keep landing on the
+    replica holding its prefix blocks and image features."""
     from ray import serve
 
     @serve.multiplexed(max_num_models_per_replica=SESSIONS_PER_REPLICA)
@@ -82,39 +164,265 @@ def _replica_id() -> str:
         return f"pid-{os.getpid()}"
 
 
+# -- one request through an in-process ASGI app, as a stream ---------------------------------
+async def asgi_stream(app: Any, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> AsyncIterator[Any]:
+    """Run one HTTP request through ``app``; yields ``("start", status, headers)`` then the body's
+    chunks (bytes). Closing the iterator early is a client disconnect: the app sees
+    ``http.disconnect`` (vlkit's app then aborts the request in the engine)."""
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    disconnected = asyncio.Event()
+    sent = False
+
+    async def receive() -> dict[str, Any]:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await disconnected.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        await queue.put(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": query, "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 0), "server": ("vlkit-replica", 80)}
+    task = asyncio.ensure_future(app(scope, receive, send))
+    try:
+        while True:
+            get = asyncio.ensure_future(queue.get())
+            done, _ = await asyncio.wait({get, task}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                task.result()  # the app ended without finishing its response: raise what it raised
+                if queue.empty():
+                    return
+                continue
+            message = get.result()
+            if message["type"] == "http.response.start":
+                yield ("start", message["status"], list(message.get("headers", [])))
+            elif message["type"] == "http.response.body":
+                if message.get("body"):
+                    yield message["body"]
+                if not message.get("more_body", False):
+                    return
+    finally:
+        disconnected.set()
+        if not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout=5.0)
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+                task.cancel()
+
+
+# -- metrics across replicas ------------------------------------------------------------------
+class _MetricsHub:
+    """A named Ray actor holding each replica's latest Prometheus exposition."""
+
+    def __init__(self) -> None:
+        self.texts: dict[str, tuple[float, str]] = {}
+
+    def put(self, replica: str, text: str) -> None:
+        self.texts[replica] = (time.time(), text)
+
+    def snapshot(self, max_age: float = METRICS_MAX_AGE_S) -> dict[str, str]:
+        now = time.time()
+        self.texts = {r: (t, x) for r, (t, x) in self.texts.items() if now - t <= max_age}
+        return {r: x for r, (_, x) in sorted(self.texts.items())}
+
+
+def _hub(name: str) -> Any:
+    import ray
+
+    return ray.remote(num_cpus=0)(_MetricsHub).options(name=name, get_if_exists=True, lifetime="detached").remote()
+
+
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?(.*)$")
+
+
+def _with_label(sample: str, replica: str) -> str:
+    m = _SAMPLE.match(sample)
+    if m is None:
+        return sample
+    name, labels, rest = m.groups()
+    inner = labels[1:-1] if labels else ""
+    return f'{name}{{replica="{replica}"{"," + inner if inner else ""}}}{rest}'
+
+
+def merge_metrics(texts: dict[str, str]) -> str:
+    """One Prometheus exposition from several replicas': every sample gains a ``replica`` label,
+    and each metric's ``# HELP`` / ``# TYPE`` appears once, before all of its samples."""
+    families: dict[str, list[str]] = {}
+    meta: dict[str, list[str]] = {}
+    for replica, text in texts.items():
+        current = None
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            if line.startswith("#"):
+                parts = line.split(None, 3)
+                if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                    current = parts[2]
+                    meta.setdefault(current, [])
+                    if len(meta[current]) < 2 and line not in meta[current]:
+                        meta[current].append(line)
+                    families.setdefault(current, [])
+                continue
+            name = line.split("{", 1)[0].split(" ", 1)[0]
+            family = current if current is not None and name.startswith(current) else name
+            families.setdefault(family, []).append(_with_label(line, replica))
+    out: list[str] = []
+    for family, samples in families.items():
+        out += meta.get(family, []) + samples
+    return "\n".join(out) + "\n"
+
+
+# -- the two deployments ---------------------------------------------------------------------
+class EngineReplica:
+    """One vlkit engine behind the router (the body of the ``vlkit`` deployment)."""
+
+    def __init__(self, model: str, engine: dict[str, Any], server: dict[str, Any], hub_name: str,
+                 pipeline: dict[str, Any] | None = None) -> None:
+        import vlkit
+        from vlkit.config import ChatTemplateConfig, VisionConfig
+        from vlkit.serve import ServerConfig, create_app
+
+        kw = dict(pipeline or {})
+        template = ChatTemplateConfig.from_option(kw.pop("chat_template", None))
+        vision = VisionConfig(max_batch_size=kw.pop("vision_max_batch_size", None) or VisionConfig().max_batch_size)
+        self.pipe = vlkit.pipeline(model, engine_config=vlkit.EngineConfig(**engine), vision_config=vision,
+                                   chat_template_config=template, revision=kw.pop("revision", None),
+                                   trust_remote_code=bool(kw.pop("trust_remote_code", False)), **kw)
+        self.replica = _replica_id()
+        self.fastapi = create_app(self.pipe, ServerConfig(**server))
+        self.app = ReplicaHeaders(self.fastapi, self.replica)
+        self.sticky = _session_affinity()
+        self.hub = _hub(hub_name)
+        self._stop = threading.Event()
+        threading.Thread(target=self._push_metrics, name="vlkit-metrics-push", daemon=True).start()
+
+    def _push_metrics(self) -> None:
+        from vlkit.serve.app import _engine_stats
+
+        while not self._stop.wait(METRICS_PUSH_S):
+            try:
+                text = self.fastapi.state.metrics.render(_engine_stats(self.pipe))
+                self.hub.put.remote(self.replica, text)
+            except Exception:  # noqa: BLE001 - metrics must never take the replica down
+                pass
+
+    async def handle(self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]],
+                     body: bytes) -> AsyncIterator[Any]:
+        """One forwarded request: ``("start", status, headers)``, then body chunks."""
+        await self.sticky()
+        async for item in asgi_stream(self.app, method, path, query, headers, body):
+            yield item
+
+    def check_health(self) -> None:
+        problem = self.pipe.failure()
+        if problem is not None:
+            raise RuntimeError(f"the engine cannot serve: {problem}")
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+def _replica_failed(exc: BaseException) -> Any:
+    from vlkit.serve.errors import APIError
+
+    return APIError(503, f"the replica serving this request failed ({type(exc).__name__}); retry it",
+                    type="server_error", code="replica_unavailable")
+
+
+def _router_class(server: dict[str, Any], hub_name: str) -> type:
+    """The ``vlkit-router`` deployment's class: a FastAPI ingress forwarding to the engines."""
+    from fastapi import FastAPI, Request
+    from ray import serve
+    from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+
+    from vlkit.serve.guard import Guard
+
+    api = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    api.add_middleware(Guard, api_keys=list(server.get("api_keys") or []),
+                       max_body_bytes=int(server.get("max_body_bytes", 32 << 20)))
+
+    class VLKitRouter:
+        def __init__(self, engine: Any) -> None:
+            self.engine = engine
+            self.hub = _hub(hub_name)
+
+        @api.get("/metrics")
+        async def metrics(self) -> Any:
+            texts = await self.hub.snapshot.remote()
+            return PlainTextResponse(merge_metrics(texts), media_type="text/plain; version=0.0.4")
+
+        @api.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "OPTIONS", "HEAD", "PATCH"])
+        async def forward(self, request: Request, path: str) -> Any:
+            body = await request.body()
+            raw = list(request.headers.raw)
+            key = routing_key(request.url.path, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw},
+                              body)
+            handle = self.engine.options(stream=True, **({"multiplexed_model_id": key} if key else {}))
+            gen = handle.handle.remote(request.method, request.url.path, request.url.query.encode(), raw, body)
+            try:
+                _, status, headers = await gen.__anext__()
+            except Exception as exc:  # noqa: BLE001 - the replica died or could not be reached
+                err = _replica_failed(exc)
+                return JSONResponse(err.body(), status_code=err.status)
+            sse = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in headers)
+
+            async def rest() -> AsyncIterator[bytes]:
+                done = False
+                try:
+                    async for chunk in gen:
+                        yield chunk
+                    done = True
+                except Exception as exc:  # noqa: BLE001 - the replica died mid-response
+                    done = True
+                    if sse:
+                        yield b"data: " + json.dumps(_replica_failed(exc).body()).encode() + b"\n\n"
+                finally:
+                    if not done:  # the client went away: stop the request on its replica
+                        gen.cancel()
+
+            response = StreamingResponse(rest(), status_code=status)
+            response.raw_headers = list(headers)
+            return response
+
+    return serve.ingress(api)(VLKitRouter)
+
+
 def build_app(model: str, replicas: int = 1, engine: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
               num_cpus: float | None = None, num_gpus: float | None = None, autoscaling: dict[str, Any] | None = None,
-              max_ongoing_requests: int = 256, name: str = "vlkit") -> Any:
-    """A Ray Serve application of ``replicas`` vlkit engines serving ``model``.
+              max_ongoing_requests: int = 256, name: str = "vlkit", pipeline: dict[str, Any] | None = None) -> Any:
+    """A Ray Serve application of ``replicas`` vlkit engines serving ``model``, behind the router.
 
     Args:
         model: checkpoint directory (present on every node) or hub id.
-        replicas: replica count (ignored with ``autoscaling``).
+        replicas: engine replica count (ignored with ``autoscaling``).
         engine: :class:`vlkit.EngineConfig` fields per replica (``tp``, ``dtype``, ``num_blocks`` …).
         server: :class:`vlkit.serve.ServerConfig` fields (``model_name``, ``api_keys`` …).
-        num_cpus / num_gpus: Ray resources per replica; with ``tp > 1`` the replica's TP
+        num_cpus / num_gpus: Ray resources per engine replica; with ``tp > 1`` the replica's TP
             workers run inside that reservation (one bundle per replica).
         autoscaling: Ray Serve's ``autoscaling_config`` (``min_replicas``, ``max_replicas``,
-            ``target_ongoing_requests`` …), passed through.
-        max_ongoing_requests: requests Ray Serve sends one replica at once (its engine batches them).
+            ``target_ongoing_requests`` …), passed through to the engines.
+        max_ongoing_requests: requests Ray Serve sends one engine at once (its engine batches them).
+        name: the engine deployment's name (the router's is ``<name>-router``).
+        pipeline: what else each replica's :func:`vlkit.pipeline` gets: ``revision``,
+            ``trust_remote_code``, ``chat_template`` (a template name, or a ``.jinja`` path present
+            on every node), ``vision_max_batch_size``.
     """
     from ray import serve
 
     engine_kw = dict(engine or {})
     server_kw = {"model_name": model, **(server or {})}
-
-    def asgi() -> Any:  # runs in each replica when it starts
-        import vlkit
-        from vlkit.serve import ServerConfig, create_app
-
-        pipe = vlkit.pipeline(model, engine_config=vlkit.EngineConfig(**engine_kw))
-        return ReplicaHeaders(create_app(pipe, ServerConfig(**server_kw)), _replica_id(), _session_affinity())
-
+    hub_name = f"{name}-metrics-hub"
     options: dict[str, Any] = {"num_cpus": 1 if num_cpus is None else num_cpus}
     if num_gpus:
         options["num_gpus"] = num_gpus
-    dep = serve.deployment(
-        serve.ingress(asgi)(type("VLKitReplica", (), {})),
+    engines = serve.deployment(
+        type("VLKitEngine", (EngineReplica,), {}),
         name=name,
         num_replicas=None if autoscaling else replicas,
         autoscaling_config=autoscaling,
@@ -122,8 +430,12 @@ def build_app(model: str, replicas: int = 1, engine: dict[str, Any] | None = Non
         max_ongoing_requests=max_ongoing_requests,
         health_check_period_s=2.0,
         health_check_timeout_s=30.0,
+    ).bind(model, engine_kw, server_kw, hub_name, {k: v for k, v in (pipeline or {}).items() if v is not None})
+    router = serve.deployment(
+        _router_class(server_kw, hub_name), name=f"{name}-router", num_replicas=1,
+        ray_actor_options={"num_cpus": 0}, max_ongoing_requests=max(1024, 4 * max_ongoing_requests),
     )
-    return dep.bind()
+    return router.bind(engines)
 
 
 def _number(value: Any) -> Any:
@@ -142,7 +454,8 @@ def app(args: dict[str, Any]) -> Any:
     """Ray Serve's application builder: ``serve run vlkit.serve.ray:app model=M replicas=2 tp=1``.
 
     Keys: ``model`` (required), ``replicas``, ``num_cpus``, ``num_gpus``, ``min_replicas`` /
-    ``max_replicas`` / ``target_ongoing_requests`` (autoscaling), ``model_name``, ``api_key``, and
+    ``max_replicas`` / ``target_ongoing_requests`` (autoscaling), ``model_name``, ``api_key``,
+    ``revision``, ``trust_remote_code``, ``chat_template``, ``vision_max_batch_size``, and
     any :class:`vlkit.EngineConfig` field (``tp``, ``dtype``, ``num_blocks``, ``session_len`` …).
     """
     from dataclasses import fields
@@ -161,10 +474,12 @@ def app(args: dict[str, Any]) -> Any:
     if "api_key" in args:
         server["api_keys"] = [str(args.pop("api_key"))]
     model = str(args.pop("model"))
+    pipe = {k: args.pop(k) for k in ("revision", "trust_remote_code", "chat_template", "vision_max_batch_size")
+            if k in args}
     kw = {k: args.pop(k) for k in ("replicas", "num_cpus", "num_gpus", "max_ongoing_requests") if k in args}
     if args:
         raise ValueError(f"vlkit.serve.ray:app: unknown arguments {sorted(args)}")
-    return build_app(model, engine=engine, server=server, autoscaling=auto or None, **kw)
+    return build_app(model, engine=engine, server=server, autoscaling=auto or None, pipeline=pipe or None, **kw)
 
 
 def run_on_ray(model: str, replicas: int = 2, ray_address: str | None = None, host: str = "127.0.0.1",
