@@ -16,6 +16,14 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
   date -u +%FT%TZ
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 } | tee "$OUT/device.txt"
+# Wheels carried in .whl/ (the image's transformers may be older than vlkit's minimum): prepare them here with
+#   echo /.whl/ >> .git/info/exclude
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl transformers==5.25.0 huggingface_hub==2.5.0
+# and name .whl in the device tool's carry.
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
 # no network there: no dependencies, no build isolation (setuptools is in the image)
 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation -e . $(ls -d plugins/*/) 2>&1 | tail -3
 "$PY" - <<'PY' | tee -a "$OUT/device.txt" || exit 1

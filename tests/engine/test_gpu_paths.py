@@ -199,3 +199,13 @@ def test_bench_decode_step_replays_graphs_at_full_batch(llama_path, graphs_on):
         assert not eng.has_unfinished()  # its requests are aborted afterwards
     assert rec["batch"] == 3 and rec["context"] == 20 and rec["step_s"] > 0
     assert rec["graph_replays"] == rec["graph_steps"] == 4  # every timed step replayed a graph
+
+
+def test_rotary_needing_sequence_lengths_stays_eager(tmp_path, graphs_on):
+    path = write_hf_checkpoint(str(tmp_path / "dyn"), "llama", seed=9, max_position_embeddings=32, rope_parameters={
+        "rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    reqs = [(p, 30, {}) for p in prompts(2, seed=8, lo=10, hi=20)]  # past 32 positions: the base changes
+    ref, _ = _run(path, reqs, attention_backend="sdpa", session_len=64)
+    got, info = _run(path, reqs, attention_backend="triton", cuda_graph_max_batch=2, session_len=64)
+    _assert_same(got, ref)
+    assert info["graphs"].graphs == {} and info["graphs"].replays == {}

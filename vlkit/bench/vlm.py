@@ -119,7 +119,7 @@ def _hf_model(path: Path, dtype: Any = None) -> tuple[Any, Any]:
     dev = _device()
     model = LlavaForConditionalGeneration.from_pretrained(  # straight onto the GPU where there is one
         str(path), dtype=dtype or torch.float32, attn_implementation="sdpa", device_map=dev if dev == "cuda" else None,
-    ).to(dev).eval()
+    ).eval()
     proc = AutoProcessor.from_pretrained(str(path))
     return model, proc
 

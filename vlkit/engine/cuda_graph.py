@@ -173,6 +173,10 @@ class DecodeGraphs:
         ``max_position``: the highest position a sequence may reach; the rotary tables are built
         that far before capture (inside a graph they cannot grow).
         """
+        if getattr(self.rotary, "needs_seq_lens", False):  # dynamic NTK / LongRoPE: every step eager
+            logger.info("no decode graphs: the model's rotary embedding (%s) needs per-sequence lengths",
+                        getattr(self.rotary, "rope_type", "?"))
+            return
         t0 = time.perf_counter()
         if self.rotary is not None and hasattr(self.rotary, "_tables"):
             self.rotary._tables(torch.full((1,), max_position, dtype=torch.int64, device=self.device))
