@@ -187,3 +187,15 @@ def test_cli_without_ray_says_which_extra(tmp_path, llava_dir):
     r = subprocess.run([sys.executable, "-m", "vlkit.cli", "serve", str(llava_dir), "--replicas", "2"],
                        capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 2 and "vlkit[ray]" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_errors_pass_through_the_router_unchanged(cluster):
+    bad = httpx.post(f"{cluster}/v1/chat/completions", timeout=30,
+                     json={"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": -3})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "max_tokens"
+    assert "x-vlkit-replica" in bad.headers  # answered by a replica, not made up by the router
+    wrong = httpx.post(f"{cluster}/v1/chat/completions", content=b"{}", timeout=30,
+                       headers={"content-type": "text/plain"})
+    assert wrong.status_code == 415 and "x-vlkit-replica" not in wrong.headers  # the router's own guard
+    models = httpx.get(f"{cluster}/v1/models", timeout=30).json()
+    assert models["data"][0]["id"] == "tiny"

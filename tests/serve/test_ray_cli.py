@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -30,6 +31,9 @@ def test_serve_replicas_from_the_cli(llava_dir):
             except httpx.HTTPError:
                 time.sleep(0.5)
                 continue
+            if r.status_code in (404, 503) and not replicas:  # Ray Serve's proxy is up, the app not yet
+                time.sleep(0.5)
+                continue
             assert r.status_code == 200, r.text
             replicas.add(r.headers["x-vlkit-replica"])
         assert len(replicas) == 2
@@ -40,3 +44,16 @@ def test_serve_replicas_from_the_cli(llava_dir):
             proc.kill()
         out = proc.communicate()[0]
     assert "2 replicas on Ray Serve" in out
+
+
+def test_bench_replicas_record(tmp_path, capsys):
+    """``vlkit bench replicas`` end to end on a tiny run: every request answered and counted."""
+    from vlkit.cli import main as cli_main
+
+    out = tmp_path / "replicas.json"
+    assert cli_main(["bench", "replicas", "--replica-counts", "2", "--requests", "8", "--new-tokens", "4",
+                     "--concurrency", "4", "--repeats", "1", "--output", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    (row,) = rec["results"]
+    assert row["replicas"] == 2 and row["output_tokens"] == 8 * 4 and sum(row["served_by_replica"]) == 8
+    assert row["speedup_vs_first"] == 1.0 and "| 2 |" in capsys.readouterr().out

@@ -35,6 +35,12 @@ def run_cli(args: argparse.Namespace) -> int:
         if getattr(args, "requests", None) is None:
             args.requests = 64
         return gpu.run_cli(args)
+    if workload == "replicas":
+        from vlkit.bench import replicas
+
+        if getattr(args, "requests", None) is None:
+            args.requests = 64
+        return replicas.run_cli(args)
     if getattr(args, "requests", None) is None:
         args.requests = 16
     if getattr(args, "new_tokens", None) is None:
@@ -75,7 +81,7 @@ def run_cli(args: argparse.Namespace) -> int:
         from vlkit.bench.openvino import OpenVINOUnavailable
 
         try:
-            res = w5.run_w5(precisions, [int(c) for c in str(args.concurrency).split(",")], args.new_tokens,
+            res = w5.run_w5(precisions, [int(c) for c in str(args.concurrency or "1,8").split(",")], args.new_tokens,
                             args.repeats or 2, args.skip_hf, peers=tuple((args.peers or "hf").split(",")),
                             openvino_python=args.openvino_python, openvino_cache=args.openvino_cache)
         except OpenVINOUnavailable as exc:
@@ -131,7 +137,7 @@ def run_cli(args: argparse.Namespace) -> int:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """``vlkit bench``'s arguments (the CLI's subcommand and ``python -m vlkit.bench.cli``)."""
     p.add_argument("workload", nargs="?", default="w1", help="w1 (LLaVA W1), w1-text (its language model alone), "
-                   "gpu (W1 and a 7B-shaped LLaVA on CUDA against HF, bf16), "
+                   "gpu (W1 and a 7B-shaped LLaVA on CUDA against HF, bf16), replicas (1 vs 2 Ray Serve replicas), "
                    "w2 (multi-turn), w3 (vision encoder batching), w4 (scaling with load), w5 (a real-size small "
                    "LLaVA, memory-bound), accuracy (each precision against fp32), or a plugin's (mobilevlm)")
     p.add_argument("--precision", default=None, help="vlkit's precision: " + ", ".join(PRECISION_CHOICES)
@@ -139,7 +145,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "comma-separated list (default fp32,bf16,int8,int4)")
     p.add_argument("--requests", type=int, default=None, help="requests (16; gpu: 64)")
     p.add_argument("--new-tokens", type=int, default=None, help="new tokens a request (64; w5, gpu: 128)")
-    p.add_argument("--concurrency", default="1,8", help="w5: concurrent requests, comma-separated")
+    p.add_argument("--concurrency", default=None, help="w5: concurrent requests, comma-separated (1,8); "
+                   "replicas: HTTP clients at once (16)")
+    p.add_argument("--replica-counts", default=None, help="replicas: engine replica counts to compare (1,2)")
     p.add_argument("--repeats", type=int, default=None, help="alternated rounds, best kept (w5: 2, w1: 1)")
     p.add_argument("--peers", default="hf", help="w1, w5: comma-separated peers, hf and/or openvino")
     p.add_argument("--openvino-python", default=None, help="the Python of the OpenVINO venv "

@@ -319,6 +319,19 @@ class EngineReplica:
         async for item in asgi_stream(self.app, method, path, query, headers, body):
             yield item
 
+    async def handle_whole(self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]],
+                           body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """One forwarded request that does not stream: ``(status, headers, body)`` in one reply
+        (one object through Ray instead of one per chunk)."""
+        await self.sticky()
+        status, out_headers, chunks = 500, [], []
+        async for item in asgi_stream(self.app, method, path, query, headers, body):
+            if isinstance(item, tuple):
+                _, status, out_headers = item
+            else:
+                chunks.append(item)
+        return status, out_headers, b"".join(chunks)
+
     def check_health(self) -> None:
         problem = self.pipe.failure()
         if problem is not None:
@@ -326,6 +339,17 @@ class EngineReplica:
 
     def __del__(self) -> None:
         self._stop.set()
+
+
+def _wants_stream(body: bytes) -> bool:
+    """Whether an OpenAI request body asks for a stream (``"stream": true``)."""
+    if b'"stream"' not in body:
+        return False
+    try:
+        req = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(req, dict) and req.get("stream") is True
 
 
 def _replica_failed(exc: BaseException) -> Any:
@@ -339,7 +363,7 @@ def _router_class(server: dict[str, Any], hub_name: str) -> type:
     """The ``vlkit-router`` deployment's class: a FastAPI ingress forwarding to the engines."""
     from fastapi import FastAPI, Request
     from ray import serve
-    from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 
     from vlkit.serve.guard import Guard
 
@@ -363,8 +387,18 @@ def _router_class(server: dict[str, Any], hub_name: str) -> type:
             raw = list(request.headers.raw)
             key = routing_key(request.url.path, {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in raw},
                               body)
-            handle = self.engine.options(stream=True, **({"multiplexed_model_id": key} if key else {}))
-            gen = handle.handle.remote(request.method, request.url.path, request.url.query.encode(), raw, body)
+            args = (request.method, request.url.path, request.url.query.encode(), raw, body)
+            routed = {"multiplexed_model_id": key} if key else {}
+            if not _wants_stream(body):
+                try:
+                    status, headers, content = await self.engine.options(**routed).handle_whole.remote(*args)
+                except Exception as exc:  # noqa: BLE001 - the replica died or could not be reached
+                    err = _replica_failed(exc)
+                    return JSONResponse(err.body(), status_code=err.status)
+                response = Response(content, status_code=status)
+                response.raw_headers = list(headers)
+                return response
+            gen = self.engine.options(stream=True, **routed).handle.remote(*args)
             try:
                 _, status, headers = await gen.__anext__()
             except Exception as exc:  # noqa: BLE001 - the replica died or could not be reached
