@@ -119,6 +119,9 @@ class EngineConfig:
         master_addr: node 0's address as the other nodes reach it (the rendezvous binds there).
         master_port: the process group's rendezvous port on node 0; the control channel to the
             other nodes' ranks uses ``master_port + 1``.
+        tp_backend: how ranks ``1..tp-1`` start: ``"process"`` (spawned on this machine, or
+            with ``nnodes`` started by hand on the others) or ``"ray"`` (Ray actors, placed by
+            Ray, in the current placement group where there is one: ``vlkit.engine.ray_ranks``).
     """
 
     tp: int = 1
@@ -140,12 +143,17 @@ class EngineConfig:
     nnodes: int = 1
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
+    tp_backend: str = "process"
 
     def __post_init__(self) -> None:
         if self.tp < 1:
             raise ValueError(f"EngineConfig.tp must be >= 1, got {self.tp}")
         if self.nnodes < 1 or self.tp % self.nnodes:
             raise ValueError(f"EngineConfig.nnodes must be >= 1 and divide tp={self.tp}, got {self.nnodes}")
+        if self.tp_backend not in ("process", "ray"):
+            raise ValueError(f"EngineConfig.tp_backend must be 'process' or 'ray', got {self.tp_backend!r}")
+        if self.tp_backend == "ray" and self.nnodes > 1:
+            raise ValueError("EngineConfig.tp_backend='ray' places the ranks itself: leave nnodes at 1")
         if self.block_size < 1:
             raise ValueError(f"EngineConfig.block_size must be >= 1, got {self.block_size}")
         if self.max_batch_size < 1:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from engine_helpers import assert_next_step_fails_with_dead_worker, prompts
 
 from vlkit.config import EngineConfig, GenerationConfig
 from vlkit.engine import LLMEngine
-from vlkit.engine.cluster import Topology
+from vlkit.engine.cluster import Topology, free_port_pair
 from vlkit.engine.workers import WorkerDiedError
 from vlkit.testing.server import free_port
 
@@ -46,18 +45,6 @@ def _stop(proc: subprocess.Popen) -> str:
     return out or ""
 
 
-def _two_free_ports() -> int:
-    """A free port whose successor is free too (the rendezvous and the control channel)."""
-    while True:
-        port = free_port()
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", port + 1))
-            return port
-        except OSError:
-            continue
-
-
 def test_topology_splits_ranks_and_reads_torchrun_env(monkeypatch):
     t = Topology(world_size=4, nnodes=2, node_rank=1, master_addr="10.0.0.1", master_port=1234)
     assert t.ranks_of(0) == [0, 1] and t.ranks_of(1) == [2, 3] and t.remote_ranks == [2, 3]
@@ -79,7 +66,7 @@ def test_two_nodes_tp2_equals_tp1_and_a_dead_node_fails_cleanly(llama_path, monk
     ps = prompts(3, seed=7)
     with LLMEngine.from_pretrained(llama_path, EngineConfig(tp=1, num_blocks=64, device="cpu")) as eng:
         ref = [o.token_ids for o in eng.generate(ps, GEN)]
-    port = _two_free_ports()
+    port = free_port_pair()
     monkeypatch.setenv("VLKIT_TP_SECRET", SECRET)
     node1 = _node1(llama_path, port)
     try:
@@ -102,7 +89,7 @@ def test_two_nodes_tp2_equals_tp1_and_a_dead_node_fails_cleanly(llama_path, monk
 
 
 def test_node0_refuses_a_peer_without_the_secret(llama_path, monkeypatch):
-    port = _two_free_ports()
+    port = free_port_pair()
     monkeypatch.setenv("VLKIT_TP_SECRET", SECRET)
     intruder = _node1(llama_path, port, secret="wrong-secret")
     try:
@@ -117,7 +104,7 @@ def test_node0_refuses_a_peer_without_the_secret(llama_path, monkeypatch):
 
 
 def test_serve_on_two_nodes_rank0_serves_http(llama_path):
-    port, http = _two_free_ports(), free_port()
+    port, http = free_port_pair(), free_port()
     node1 = _node1(llama_path, port)
     node0 = subprocess.Popen(
         [sys.executable, "-m", "vlkit.cli", "serve", str(llama_path), "--tp", "2", "--nnodes", "2", "--node-rank", "0",
@@ -162,3 +149,41 @@ def _children(pid: int) -> list[int]:
     except FileNotFoundError:
         return []
     return [int(x) for x in out.split()]
+
+
+def test_tp_backend_is_checked():
+    with pytest.raises(ValueError, match="tp_backend must be"):
+        EngineConfig(tp_backend="mpi")
+    with pytest.raises(ValueError, match="leave nnodes at 1"):
+        EngineConfig(tp=2, nnodes=2, tp_backend="ray")
+
+
+def test_ranks_as_ray_actors_equal_tp1_and_die_with_the_engine(llama_path):
+    """``tp_backend="ray"`` outside Ray Serve: rank 1 is an actor of the running Ray; TP=2 == TP=1,
+    the actor is killed on close, and a killed actor fails the engine's next step."""
+    ray = pytest.importorskip("ray")
+    ps = prompts(3, seed=4)
+
+    def run(**kw):
+        with LLMEngine.from_pretrained(llama_path, EngineConfig(device="cpu", num_blocks=64, **kw)) as eng:
+            for i, p in enumerate(ps):
+                eng.add_request(f"r{i}", p, GenerationConfig(max_new_tokens=8, ignore_eos=True))
+            out: dict[str, list[int]] = {}
+            while eng.has_unfinished():
+                for o in eng.step():
+                    out.setdefault(o.request_id, []).extend(o.new_token_ids)
+            return out, list(eng._rank_actors)
+
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
+    try:
+        ref, _ = run()
+        got, actors = run(tp=2, tp_backend="ray")
+        assert got == ref and len(actors) == 1
+        with pytest.raises(ray.exceptions.RayActorError):  # closed with its engine
+            ray.get(actors[0].pid.remote(), timeout=30)
+        with LLMEngine.from_pretrained(llama_path, EngineConfig(device="cpu", num_blocks=64, tp=2,
+                                                                tp_backend="ray")) as eng:
+            ray.kill(eng._rank_actors[0], no_restart=True)
+            assert_next_step_fails_with_dead_worker(eng)
+    finally:
+        ray.shutdown()

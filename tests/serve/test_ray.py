@@ -173,6 +173,12 @@ def test_serve_run_builder_reads_key_value_args(llava_dir):
     assert engines.num_replicas == 3 and engines.name == "vlkit"
     assert engines.init_args[1] == {"num_blocks": 64} and engines.init_args[2]["model_name"] == "m"
     assert engines.init_args[4] == {"chat_template": "llava-hf", "trust_remote_code": False}
+    # tp > 1: one bundle per rank, ranks as Ray actors
+    tp = app({"model": str(llava_dir), "tp": "2", "num_cpus": "2", "placement_strategy": "SPREAD"})
+    engines = tp._bound_deployment.init_args[0]._bound_deployment
+    assert engines._replica_config.placement_group_bundles == [{"CPU": 2}, {"CPU": 2}]
+    assert engines._replica_config.placement_group_strategy == "SPREAD"
+    assert engines.init_args[1] == {"tp": 2, "tp_backend": "ray"}
     with pytest.raises(ValueError, match="unknown arguments"):
         app({"model": "x", "no_such_option": "1"})
     with pytest.raises(ValueError, match="needs model="):

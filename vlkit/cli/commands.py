@@ -375,7 +375,8 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
                       pipeline={"revision": args.revision, "trust_remote_code": args.trust_remote_code,
                                 "chat_template": args.chat_template,
                                 "vision_max_batch_size": args.vision_max_batch_size},
-                      num_cpus=args.replica_cpus, num_gpus=args.replica_gpus)
+                      num_cpus=args.replica_cpus, num_gpus=args.replica_gpus,
+                      placement_strategy=args.placement_strategy)
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -394,8 +395,12 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--replicas", type=int, default=1, help="engines behind one endpoint, on Ray Serve")
     r.add_argument("--ray-address", default=None,
                    help="Ray cluster to join (auto, or ray://host:10001); default with --replicas: a local Ray")
-    r.add_argument("--replica-cpus", type=float, default=None, help="Ray CPUs reserved per replica (default 1)")
-    r.add_argument("--replica-gpus", type=float, default=None, help="Ray GPUs reserved per replica")
+    r.add_argument("--replica-cpus", type=float, default=None,
+                   help="Ray CPUs reserved per replica, per tensor-parallel rank with --tp > 1 (default 1)")
+    r.add_argument("--replica-gpus", type=float, default=None,
+                   help="Ray GPUs reserved per replica, per tensor-parallel rank with --tp > 1")
+    r.add_argument("--placement-strategy", default="PACK", choices=["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"],
+                   help="with --tp > 1: how Ray places one replica's ranks (Ray actors, one bundle each)")
     p.add_argument("--exit-on-engine-failure", action=argparse.BooleanOptionalAction, default=True,
                    help="exit (code 1) once the engine cannot serve, for a supervisor to restart (default: on)")
     m = p.add_argument_group("media (secure by default; see docs/serving.md)")

@@ -25,11 +25,11 @@ import os
 import pickle
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
-__all__ = ["RemoteRank", "Topology", "accept_remote_ranks", "connect_to_node0", "secret"]
+__all__ = ["RemoteRank", "Topology", "accept_remote_ranks", "connect_to_node0", "free_port_pair", "secret"]
 
 SECRET_ENV = "VLKIT_TP_SECRET"
 logger = logging.getLogger("vlkit.engine")
@@ -53,6 +53,8 @@ class Topology:
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
     master_port: int = 29500
+    #: the control channel's key; None: ``VLKIT_TP_SECRET`` (Ray-placed ranks get a fresh one)
+    authkey: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.nnodes < 1 or self.world_size % self.nnodes:
@@ -96,6 +98,23 @@ class Topology:
     @property
     def control_address(self) -> tuple[str, int]:
         return (self.master_addr, self.master_port + 1)
+
+
+def free_port_pair() -> int:
+    """A port ``p`` with ``p`` and ``p + 1`` both free here (rendezvous and control channel)."""
+    for _ in range(64):
+        with socket.socket() as a:
+            a.bind(("", 0))
+            port = a.getsockname()[1]
+            if port >= 65534:
+                continue
+            try:
+                with socket.socket() as b:
+                    b.bind(("", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no two consecutive free ports for the tensor-parallel group")
 
 
 def secret() -> bytes:
@@ -175,7 +194,7 @@ def accept_remote_ranks(topology: Topology, init_method: str, runner_cls: type, 
     """On node 0: wait for every remote rank to connect and hand each what it needs to start."""
     want = set(topology.remote_ranks)
     got: dict[int, RemoteRank] = {}
-    listener = Listener(topology.control_address, authkey=secret())
+    listener = Listener(topology.control_address, authkey=topology.authkey or secret())
     listener._listener._socket.settimeout(timeout)  # accept() would otherwise wait forever
     try:
         while want - got.keys():

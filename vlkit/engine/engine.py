@@ -95,22 +95,18 @@ class LLMEngine:
         self._lock = threading.RLock()
         self._closed = False
 
-        self.runner = ModelRunner(
-            spec,
-            device=str(device),
-            dtype=self.dtype,
-            block_size=cfg.block_size,
-            rank=0,
-            world_size=cfg.tp,
-            num_threads=cfg.num_threads,
-            quantization=cfg.quantization,
-            quantization_group_size=cfg.quantization_group_size,
-            attention_backend=cfg.attention_backend,
-            cuda_graph_max_batch=0 if cfg.enforce_eager else min(cfg.max_batch_size, cfg.cuda_graph_max_batch),
-            max_model_len=self.session_len,
-            topology=None if cfg.nnodes == 1 else Topology(world_size=cfg.tp, nnodes=cfg.nnodes,
-                                                           master_addr=cfg.master_addr, master_port=cfg.master_port),
-        )
+        topology = None if cfg.nnodes == 1 else Topology(world_size=cfg.tp, nnodes=cfg.nnodes,
+                                                         master_addr=cfg.master_addr, master_port=cfg.master_port)
+        self._rank_actors: list[Any] = []
+        if cfg.tp > 1 and cfg.tp_backend == "ray":
+            from vlkit.engine.ray_ranks import start_ranks
+
+            topology, self._rank_actors = start_ranks(cfg.tp, cuda=device.type == "cuda")
+        try:
+            self.runner = self._runner(spec, cfg, device, topology)
+        except BaseException:
+            self._stop_rank_actors()
+            raise
         try:
             m = self.runner.model
             if cfg.num_blocks is not None:
@@ -124,6 +120,7 @@ class LLMEngine:
             self.runner.allocate_kv_cache(num_blocks)
         except Exception:
             self.runner.close()
+            self._stop_rank_actors()
             raise
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, cfg.max_batch_size, cfg.max_prefill_token_num,
@@ -133,6 +130,30 @@ class LLMEngine:
         self.sampler = Sampler(self.stopping)
         self._seqs: dict[str, Sequence] = {}
         self._pending: list[RequestOutput] = []
+
+    def _runner(self, spec: LanguageModelSpec, cfg: EngineConfig, device: torch.device, topology: Any) -> ModelRunner:
+        return ModelRunner(
+            spec,
+            device=str(device),
+            dtype=self.dtype,
+            block_size=cfg.block_size,
+            rank=0,
+            world_size=cfg.tp,
+            num_threads=cfg.num_threads,
+            quantization=cfg.quantization,
+            quantization_group_size=cfg.quantization_group_size,
+            attention_backend=cfg.attention_backend,
+            cuda_graph_max_batch=0 if cfg.enforce_eager else min(cfg.max_batch_size, cfg.cuda_graph_max_batch),
+            max_model_len=self.session_len,
+            topology=topology,
+        )
+
+    def _stop_rank_actors(self) -> None:
+        if self._rank_actors:
+            from vlkit.engine.ray_ranks import stop_ranks
+
+            stop_ranks(self._rank_actors)
+            self._rank_actors = []
 
     @classmethod
     def from_pretrained(
@@ -428,6 +449,7 @@ class LLMEngine:
                 self.abort(rid)
             self.runner.close()
             self.runner.kv_caches = []
+            self._stop_rank_actors()
 
     def __enter__(self) -> LLMEngine:
         return self

@@ -429,7 +429,8 @@ def _router_class(server: dict[str, Any], hub_name: str) -> type:
 
 def build_app(model: str, replicas: int = 1, engine: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
               num_cpus: float | None = None, num_gpus: float | None = None, autoscaling: dict[str, Any] | None = None,
-              max_ongoing_requests: int = 256, name: str = "vlkit", pipeline: dict[str, Any] | None = None) -> Any:
+              max_ongoing_requests: int = 256, name: str = "vlkit", pipeline: dict[str, Any] | None = None,
+              placement_strategy: str = "PACK") -> Any:
     """A Ray Serve application of ``replicas`` vlkit engines serving ``model``, behind the router.
 
     Args:
@@ -437,12 +438,17 @@ def build_app(model: str, replicas: int = 1, engine: dict[str, Any] | None = Non
         replicas: engine replica count (ignored with ``autoscaling``).
         engine: :class:`vlkit.EngineConfig` fields per replica (``tp``, ``dtype``, ``num_blocks`` …).
         server: :class:`vlkit.serve.ServerConfig` fields (``model_name``, ``api_keys`` …).
-        num_cpus / num_gpus: Ray resources per engine replica; with ``tp > 1`` the replica's TP
-            workers run inside that reservation (one bundle per replica).
+        num_cpus / num_gpus: Ray resources per tensor-parallel rank of an engine replica. With
+            ``tp > 1`` each replica reserves a placement group of ``tp`` such bundles and its
+            ranks ``1..tp-1`` run as Ray actors in them (``EngineConfig.tp_backend="ray"``), so
+            one replica's ranks may sit on different nodes; ``tp_backend="process"`` keeps them
+            as processes inside the replica's own reservation instead.
         autoscaling: Ray Serve's ``autoscaling_config`` (``min_replicas``, ``max_replicas``,
             ``target_ongoing_requests`` …), passed through to the engines.
         max_ongoing_requests: requests Ray Serve sends one engine at once (its engine batches them).
         name: the engine deployment's name (the router's is ``<name>-router``).
+        placement_strategy: Ray's placement-group strategy for a replica's ranks: ``PACK``
+            (the default: one node where they fit), ``STRICT_PACK``, ``SPREAD``, ``STRICT_SPREAD``.
         pipeline: what else each replica's :func:`vlkit.pipeline` gets: ``revision``,
             ``trust_remote_code``, ``chat_template`` (a template name, or a ``.jinja`` path present
             on every node), ``vision_max_batch_size``.
@@ -455,6 +461,13 @@ def build_app(model: str, replicas: int = 1, engine: dict[str, Any] | None = Non
     options: dict[str, Any] = {"num_cpus": 1 if num_cpus is None else num_cpus}
     if num_gpus:
         options["num_gpus"] = num_gpus
+    tp = int(engine_kw.get("tp", 1))
+    placement: dict[str, Any] = {}
+    if tp > 1 and engine_kw.setdefault("tp_backend", "ray") == "ray":
+        # one bundle per rank: the replica (rank 0) in bundle 0, rank k's actor in bundle k
+        bundle = {"CPU": options["num_cpus"], **({"GPU": options["num_gpus"]} if num_gpus else {})}
+        placement = {"placement_group_bundles": [dict(bundle) for _ in range(tp)],
+                     "placement_group_strategy": placement_strategy}
     engines = serve.deployment(
         type("VLKitEngine", (EngineReplica,), {}),
         name=name,
@@ -464,6 +477,7 @@ def build_app(model: str, replicas: int = 1, engine: dict[str, Any] | None = Non
         max_ongoing_requests=max_ongoing_requests,
         health_check_period_s=2.0,
         health_check_timeout_s=30.0,
+        **placement,
     ).bind(model, engine_kw, server_kw, hub_name, {k: v for k, v in (pipeline or {}).items() if v is not None})
     router = serve.deployment(
         _router_class(server_kw, hub_name), name=f"{name}-router", num_replicas=1,
@@ -510,7 +524,8 @@ def app(args: dict[str, Any]) -> Any:
     model = str(args.pop("model"))
     pipe = {k: args.pop(k) for k in ("revision", "trust_remote_code", "chat_template", "vision_max_batch_size")
             if k in args}
-    kw = {k: args.pop(k) for k in ("replicas", "num_cpus", "num_gpus", "max_ongoing_requests") if k in args}
+    kw = {k: args.pop(k) for k in ("replicas", "num_cpus", "num_gpus", "max_ongoing_requests", "placement_strategy")
+          if k in args}
     if args:
         raise ValueError(f"vlkit.serve.ray:app: unknown arguments {sorted(args)}")
     return build_app(model, engine=engine, server=server, autoscaling=auto or None, pipeline=pipe or None, **kw)
