@@ -75,7 +75,7 @@ def test_resolve_backend(monkeypatch):
         resolve_backend("flash-attn", cpu, 256)
     with pytest.raises(ValueError, match="must be one of"):
         EngineConfig(attention_backend="paged")
-    monkeypatch.setattr(paged_decode, "triton", None)
+    monkeypatch.setattr(paged_decode, "available", lambda: False)
     with pytest.raises(ValueError, match="needs triton installed"):
         resolve_backend("triton", cpu, 16)
 

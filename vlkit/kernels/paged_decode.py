@@ -23,29 +23,38 @@ serve.
 """
 
 import functools
+import importlib.util
 import os
 from typing import Any
 
 import torch
 
-try:
-    import triton
-    import triton.language as tl
-except Exception:  # pragma: no cover - triton is optional on CPU machines
-    triton = tl = None
-
 
 def available() -> bool:
-    """Whether Triton is importable (the kernel then runs on CUDA, or interpreted on CPU)."""
-    return triton is not None
+    """Whether Triton is installed (the kernel then runs on CUDA, or interpreted on CPU). Triton
+    itself is imported at the first launch, not with vlkit."""
+    return _triton_spec() is not None
+
+
+@functools.cache
+def _triton_spec() -> Any:
+    return importlib.util.find_spec("triton")
 
 
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (int(n) - 1).bit_length())
 
 
-if tl is not None:  # the annotations need triton
+tl: Any = None  # triton.language, bound at the first launch (the kernel reads it as a global)
 
+
+@functools.cache
+def _kernel() -> Any:
+    global tl
+    import triton
+    import triton.language
+
+    tl = triton.language
     def _kernel_source(
         q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, scale,
         stride_qt, stride_qh,
@@ -104,9 +113,6 @@ if tl is not None:  # the annotations need triton
         tl.store(out_ptr + seq * stride_ot + heads[:, None] * stride_oh + d[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=g_ok[:, None] & d_ok[None, :])
 
-
-@functools.cache
-def _kernel() -> Any:
     return triton.jit(_kernel_source)
 
 
@@ -141,7 +147,7 @@ def paged_decode_attention(
 
     Returns ``out``.
     """
-    if triton is None:
+    if not available():
         raise RuntimeError("paged_decode_attention needs triton (pip install triton)")
     b, heads, d = q.shape
     kvh = cache.shape[3]

@@ -299,13 +299,14 @@ class EngineReplica:
         self.app = ReplicaHeaders(self.fastapi, self.replica)
         self.sticky = _session_affinity()
         self.hub = _hub(hub_name)
-        self._stop = threading.Event()
+        # a daemon thread: it ends with the replica's process
         threading.Thread(target=self._push_metrics, name="vlkit-metrics-push", daemon=True).start()
 
     def _push_metrics(self) -> None:
         from vlkit.serve.app import _engine_stats
 
-        while not self._stop.wait(METRICS_PUSH_S):
+        while True:
+            time.sleep(METRICS_PUSH_S)
             try:
                 text = self.fastapi.state.metrics.render(_engine_stats(self.pipe))
                 self.hub.put.remote(self.replica, text)
@@ -336,9 +337,6 @@ class EngineReplica:
         problem = self.pipe.failure()
         if problem is not None:
             raise RuntimeError(f"the engine cannot serve: {problem}")
-
-    def __del__(self) -> None:
-        self._stop.set()
 
 
 def _wants_stream(body: bytes) -> bool:
