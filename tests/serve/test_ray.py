@@ -1,5 +1,5 @@
-"""Replicas on Ray Serve: a local Ray cluster, two replicas of a tiny LLaVA behind vlkit's router,
-all on loopback.
+"""Replicas on Ray Serve: a local Ray cluster, two replicas of a tiny LLaVA behind two replicas of
+vlkit's router, all on loopback.
 
 One module-scoped cluster for every test here (Ray and two replicas take ~20 s to come up on
 2 cores), torn down at the end.
@@ -36,7 +36,7 @@ def cluster(llava_dir):
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         serve.run(build_app(str(llava_dir), replicas=2, engine={"num_blocks": 128, "device": "cpu"},
                             server={"model_name": "tiny"},
-                            pipeline={"chat_template": "llava-hf", "vision_max_batch_size": 4}),
+                            pipeline={"chat_template": "llava-hf", "vision_max_batch_size": 4}, routers=2),
                   name="vlkit", route_prefix="/")
         yield f"http://127.0.0.1:{port}"
     finally:
@@ -174,7 +174,8 @@ def test_serve_run_builder_reads_key_value_args(llava_dir):
     assert engines.init_args[1] == {"num_blocks": 64} and engines.init_args[2]["model_name"] == "m"
     assert engines.init_args[4] == {"chat_template": "llava-hf", "trust_remote_code": False}
     # tp > 1: one bundle per rank, ranks as Ray actors
-    tp = app({"model": str(llava_dir), "tp": "2", "num_cpus": "2", "placement_strategy": "SPREAD"})
+    tp = app({"model": str(llava_dir), "tp": "2", "num_cpus": "2", "placement_strategy": "SPREAD", "routers": "2"})
+    assert tp._bound_deployment.num_replicas == 2
     engines = tp._bound_deployment.init_args[0]._bound_deployment
     assert engines._replica_config.placement_group_bundles == [{"CPU": 2}, {"CPU": 2}]
     assert engines._replica_config.placement_group_strategy == "SPREAD"

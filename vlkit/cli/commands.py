@@ -376,7 +376,7 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
                                 "chat_template": args.chat_template,
                                 "vision_max_batch_size": args.vision_max_batch_size},
                       num_cpus=args.replica_cpus, num_gpus=args.replica_gpus,
-                      placement_strategy=args.placement_strategy)
+                      placement_strategy=args.placement_strategy, routers=args.routers)
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
@@ -399,6 +399,7 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
                    help="Ray CPUs reserved per replica, per tensor-parallel rank with --tp > 1 (default 1)")
     r.add_argument("--replica-gpus", type=float, default=None,
                    help="Ray GPUs reserved per replica, per tensor-parallel rank with --tp > 1")
+    r.add_argument("--routers", type=int, default=1, help="replicas of the (stateless) router in front of them")
     r.add_argument("--placement-strategy", default="PACK", choices=["PACK", "STRICT_PACK", "SPREAD", "STRICT_SPREAD"],
                    help="with --tp > 1: how Ray places one replica's ranks (Ray actors, one bundle each)")
     p.add_argument("--exit-on-engine-failure", action=argparse.BooleanOptionalAction, default=True,

@@ -428,7 +428,7 @@ def _router_class(server: dict[str, Any], hub_name: str) -> type:
 def build_app(model: str, replicas: int = 1, engine: dict[str, Any] | None = None, server: dict[str, Any] | None = None,
               num_cpus: float | None = None, num_gpus: float | None = None, autoscaling: dict[str, Any] | None = None,
               max_ongoing_requests: int = 256, name: str = "vlkit", pipeline: dict[str, Any] | None = None,
-              placement_strategy: str = "PACK") -> Any:
+              placement_strategy: str = "PACK", routers: int = 1) -> Any:
     """A Ray Serve application of ``replicas`` vlkit engines serving ``model``, behind the router.
 
     Args:
@@ -447,6 +447,8 @@ def build_app(model: str, replicas: int = 1, engine: dict[str, Any] | None = Non
         name: the engine deployment's name (the router's is ``<name>-router``).
         placement_strategy: Ray's placement-group strategy for a replica's ranks: ``PACK``
             (the default: one node where they fit), ``STRICT_PACK``, ``SPREAD``, ``STRICT_SPREAD``.
+        routers: replicas of the router (it holds no state: more for availability, or when one
+            router's CPU becomes the limit).
         pipeline: what else each replica's :func:`vlkit.pipeline` gets: ``revision``,
             ``trust_remote_code``, ``chat_template`` (a template name, or a ``.jinja`` path present
             on every node), ``vision_max_batch_size``.
@@ -478,7 +480,7 @@ def build_app(model: str, replicas: int = 1, engine: dict[str, Any] | None = Non
         **placement,
     ).bind(model, engine_kw, server_kw, hub_name, {k: v for k, v in (pipeline or {}).items() if v is not None})
     router = serve.deployment(
-        _router_class(server_kw, hub_name), name=f"{name}-router", num_replicas=1,
+        _router_class(server_kw, hub_name), name=f"{name}-router", num_replicas=routers,
         ray_actor_options={"num_cpus": 0}, max_ongoing_requests=max(1024, 4 * max_ongoing_requests),
     )
     return router.bind(engines)
@@ -501,7 +503,8 @@ def app(args: dict[str, Any]) -> Any:
 
     Keys: ``model`` (required), ``replicas``, ``num_cpus``, ``num_gpus``, ``min_replicas`` /
     ``max_replicas`` / ``target_ongoing_requests`` (autoscaling), ``model_name``, ``api_key``,
-    ``revision``, ``trust_remote_code``, ``chat_template``, ``vision_max_batch_size``, and
+    ``revision``, ``trust_remote_code``, ``chat_template``, ``vision_max_batch_size``,
+    ``placement_strategy``, ``routers``, and
     any :class:`vlkit.EngineConfig` field (``tp``, ``dtype``, ``num_blocks``, ``session_len`` …).
     """
     from dataclasses import fields
@@ -522,8 +525,8 @@ def app(args: dict[str, Any]) -> Any:
     model = str(args.pop("model"))
     pipe = {k: args.pop(k) for k in ("revision", "trust_remote_code", "chat_template", "vision_max_batch_size")
             if k in args}
-    kw = {k: args.pop(k) for k in ("replicas", "num_cpus", "num_gpus", "max_ongoing_requests", "placement_strategy")
-          if k in args}
+    kw = {k: args.pop(k) for k in ("replicas", "num_cpus", "num_gpus", "max_ongoing_requests", "placement_strategy",
+                                   "routers") if k in args}
     if args:
         raise ValueError(f"vlkit.serve.ray:app: unknown arguments {sorted(args)}")
     return build_app(model, engine=engine, server=server, autoscaling=auto or None, pipeline=pipe or None, **kw)
