@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+from vlkit.config import ATTENTION_BACKENDS
+
 PRECISION_CHOICES = ("fp32", "bf16", "int8", "int4", "int4-asym")
 
 
@@ -160,7 +162,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workloads", default=None, help="comma-separated: w1, llava-7b (the default: both), tiny")
     g.add_argument("--output-dir", default=None, help="where gpu-<workload>.json go (default: .)")
     g.add_argument("--enforce-eager", action="store_true", help="vlkit without CUDA graphs")
-    g.add_argument("--attention-backend", default=None, choices=["auto", "sdpa", "triton", "flash-attn"])
+    g.add_argument("--attention-backend", default=None, choices=ATTENTION_BACKENDS)
     g.add_argument("--allow-cpu", action="store_true", help="run on the CPU (to test the command)")
 
 

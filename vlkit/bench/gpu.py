@@ -28,29 +28,18 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from vlkit.bench.text import kv_bytes, weight_bytes
+from vlkit.bench.text import kv_bytes, run_json_child, weight_bytes
+from vlkit.bench.vlm import _device
 
-WORKLOADS: dict[str, dict[str, Any]] = {
-    "w1": {"size": "w1", "lm": dict(hidden_size=512, intermediate_size=1408, num_hidden_layers=8, num_attention_heads=8,
-                                    num_key_value_heads=4, vocab_size=32000)},
-    "llava-7b": {"size": "7b", "lm": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
-                                          num_attention_heads=32, num_key_value_heads=32, vocab_size=32000)},
-    "tiny": {"size": "tiny", "lm": None},  # the LM's shapes are read from the checkpoint
-}
+#: workload -> the LLaVA factory's size (the LM's shapes for the roofline are read from the checkpoint)
+WORKLOADS: dict[str, str] = {"w1": "w1", "llava-7b": "7b", "tiny": "tiny"}
 DEFAULT_WORKLOADS = ("w1", "llava-7b")
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _sync() -> None:
@@ -84,7 +73,7 @@ def write_checkpoint(workload: str, directory: str | Path) -> Path:
     from vlkit.contract.registry import get_registry
 
     fam = get_registry().get_family("llava")
-    return fam.tiny_checkpoint(Path(directory), size=WORKLOADS[workload]["size"], dtype="bfloat16",
+    return fam.tiny_checkpoint(Path(directory), size=WORKLOADS[workload], dtype="bfloat16",
                                device=_device())
 
 
@@ -142,6 +131,7 @@ def _vlkit_child(path: Path, requests: int, new_tokens: int, engine: dict[str, A
     # the timed run and the decode-step measurement come one after the other: room for the larger
     # (a 7B-shaped KV block is 8 MB: 64 requests hold ~24 GB)
     blocks = requests * max(-(-(image_tokens + 64 + new_tokens) // 16), -(-(context + 48) // 16)) + 32
+
     def after(pipe: Any) -> dict[str, Any]:
         eng = pipe.engine
         g = eng.runner.graphs
@@ -169,11 +159,7 @@ def _hf_child(path: Path, requests: int, new_tokens: int) -> dict[str, Any]:
 
 
 def _run_child(argv: list[str]) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "vlkit.bench.gpu", *argv]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json_child("vlkit.bench.gpu", argv)
 
 
 def run_workload(workload: str, requests: int = 64, new_tokens: int = 128, repeats: int = 1, skip_hf: bool = False,
@@ -197,7 +183,7 @@ def run_workload(workload: str, requests: int = 64, new_tokens: int = 128, repea
             if not skip_hf:
                 h = _run_child(["--child", "hf", *common])
                 hf = h if hf is None or h["tok_per_s"] > hf["tok_per_s"] else hf
-        shapes = WORKLOADS[workload]["lm"] or lm_shapes(path)
+        shapes = lm_shapes(path)
     bw = measure_hbm_bandwidth(256 if _device() == "cpu" else 2048)
     step = vl["decode"]
     nbytes = weight_bytes(shapes, "bf16") + kv_bytes(shapes, step["batch"], step["context"], "bf16")

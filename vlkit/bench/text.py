@@ -59,6 +59,20 @@ def make_prompts(n: int, seed: int = 0, lo: int = 20, hi: int = 40) -> list[list
     return [torch.randint(3, W1_LM["vocab_size"], (k,), generator=g).tolist() for k in lens]
 
 
+# -- child processes -------------------------------------------------------------------------
+def run_json_child(module: str, argv: list[str]) -> dict[str, Any]:
+    """Run ``python -m module *argv`` and return the JSON object on its last stdout line (each
+    system of a benchmark measured in its own process: its own peak memory, a fresh device)."""
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", module, *argv]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 # -- machine limits --------------------------------------------------------------------------
 def measure_bandwidth(mb: int = 256, repeats: int = 5) -> float:
     """Memory read bandwidth in bytes/s (a sum over a buffer far larger than the caches)."""

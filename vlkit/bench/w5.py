@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from vlkit.bench.text import kv_bytes, weight_bytes  # noqa: F401  (re-exported)
+from vlkit.bench.text import kv_bytes, run_json_child, weight_bytes  # noqa: F401  (re-exported)
 
 W5_LM = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
              num_key_value_heads=4, vocab_size=32000)
@@ -63,12 +63,8 @@ def _child(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run_child(system: str, precision: str, concurrency: int, path: Path, new_tokens: int) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "vlkit.bench.w5", "--child", system, "--precision", precision,
-           "--concurrency", str(concurrency), "--path", str(path), "--new-tokens", str(new_tokens)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_json_child("vlkit.bench.w5", ["--child", system, "--precision", precision, "--concurrency",
+                                             str(concurrency), "--path", str(path), "--new-tokens", str(new_tokens)])
 
 
 def run_w5(precisions: list[str], concurrencies: list[int], new_tokens: int = 128, repeats: int = 2,

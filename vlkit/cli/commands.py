@@ -9,6 +9,8 @@ import argparse
 import sys
 from typing import Any
 
+from vlkit.config import ATTENTION_BACKENDS
+
 
 def _add_engine_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("engine")
@@ -27,7 +29,7 @@ def _add_engine_flags(p: argparse.ArgumentParser) -> None:
                         "load (int8: per channel; int4: group-wise symmetric; int4-asym: with zero points); "
                         "on CPU the LM then runs in bf16")
     g.add_argument("--quantization-group-size", type=int, default=128, help="int4 group size, a power of two >= 32")
-    g.add_argument("--attention-backend", default="auto", choices=["auto", "sdpa", "triton", "flash-attn"],
+    g.add_argument("--attention-backend", default="auto", choices=ATTENTION_BACKENDS,
                    help="decode attention over the paged KV cache (auto: flash-attn or Triton on CUDA, SDPA on CPU)")
     g.add_argument("--enforce-eager", action="store_true", help="never capture CUDA graphs for decode steps")
     g.add_argument("--revision", default=None, help="branch, tag or commit of a hub id")

@@ -99,7 +99,6 @@ class DecodeGraphs:
         backend: the attention backend the graphs use (``"triton"`` or ``"flash-attn"``).
         max_batch: largest captured batch.
         max_blocks: block-table width (blocks of the longest sequence the engine allows).
-        dtype: the model's dtype.
         emulate: :class:`EmulatedGraph` instead of CUDA graphs.
     """
 
@@ -135,12 +134,11 @@ class DecodeGraphs:
         """Whether step inputs ``inp`` (:class:`vlkit.engine.runner.StepInputs`) can replay a graph."""
         n = inp.num_single
         return (
-            bool(self.graphs)
+            bool(self.graphs)  # none captured for rotary variants that need per-sequence lengths
             and n > 0
             and not inp.prefills
             and not inp.embeddings
             and inp.seq_total_lens is None
-            and not getattr(self.rotary, "needs_seq_lens", False)
             and inp.input_ids.shape[0] == n
             and n <= self.max_batch
             and inp.single_block_tables.shape[1] <= self.max_blocks
@@ -202,20 +200,19 @@ class DecodeGraphs:
         n = inp.num_single
         b = self.size_for(n)
         dev = self.device
+        # padding rows n..b keep whatever ids, positions and block tables they last had (valid
+        # values, never read for a row of context length 0); only their KV writes must go to the
+        # scratch slot and their lengths be 0
         self.input_ids[:n].copy_(inp.input_ids, non_blocking=True)
-        self.input_ids[n:b].zero_()
         pos = inp.positions.to(dev, non_blocking=True)
         if self.mrope:
             self.positions[:, :n].copy_(pos if pos.dim() == 2 else pos.expand(3, -1))
-            self.positions[:, n:b].zero_()
         else:
             self.positions[:n].copy_(pos[0] if pos.dim() == 2 else pos)
-            self.positions[n:b].zero_()
         self.slots[:n].copy_(inp.slot_mapping, non_blocking=True)
         self.slots[n:b].fill_(self.scratch_slot)
         w = inp.single_block_tables.shape[1]
         self.block_tables[:n, :w].copy_(inp.single_block_tables, non_blocking=True)
-        self.block_tables[n:b, 0] = self.scratch_block
         self.context_lens[:n].copy_(inp.single_context_lens, non_blocking=True)
         self.context_lens[n:b].zero_()
         graph = self.graphs[b]

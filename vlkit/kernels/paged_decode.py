@@ -55,6 +55,7 @@ def _kernel() -> Any:
     import triton.language
 
     tl = triton.language
+
     def _kernel_source(
         q_ptr, k_ptr, v_ptr, bt_ptr, lens_ptr, out_ptr, scale,
         stride_qt, stride_qh,

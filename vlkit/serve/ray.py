@@ -324,9 +324,8 @@ class EngineReplica:
                            body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """One forwarded request that does not stream: ``(status, headers, body)`` in one reply
         (one object through Ray instead of one per chunk)."""
-        await self.sticky()
         status, out_headers, chunks = 500, [], []
-        async for item in asgi_stream(self.app, method, path, query, headers, body):
+        async for item in self.handle(method, path, query, headers, body):
             if isinstance(item, tuple):
                 _, status, out_headers = item
             else:
